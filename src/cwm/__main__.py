@@ -1,0 +1,3 @@
+from cwm.cli import main
+
+raise SystemExit(main())
