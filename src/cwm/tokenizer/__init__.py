@@ -1,0 +1,7 @@
+"""Tokens for CWM: the special-token table, the official vocabulary, a small BPE, prompt builders."""
+
+from cwm.tokenizer.bpe import train_bpe
+from cwm.tokenizer.specials import SPECIAL_TOKENS, release_id
+from cwm.tokenizer.tokenizer import Tokenizer, TokenizerError, load_tokenizer
+
+__all__ = ["SPECIAL_TOKENS", "Tokenizer", "TokenizerError", "load_tokenizer", "release_id", "train_bpe"]

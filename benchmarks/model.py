@@ -1,0 +1,104 @@
+"""Speed of our network against transformers' CwmForCausalLM, same config and weights, one run.
+
+    .venv/bin/python benchmarks/model.py [--preset cwm-small] [--repeats 5]
+
+Training: forward + backward + loss on a [batch, seq] batch, tokens per second.
+Generation: greedy decoding of `--new-tokens` after a `--prompt`-token prompt, batch 1, tokens
+per second; ours is `cwm.model.generate`, theirs `CwmForCausalLM.generate` with its default cache.
+Prints medians, then, last, `train_ratio: X` and `generate_ratio: Y` (ours over theirs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    from transformers import CwmForCausalLM
+
+    from cwm.model import Transformer, generate, get_preset, save_pretrained
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="cwm-small")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--prompt", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    cfg = get_preset(args.preset)
+    ours = Transformer(cfg)
+    ours.init_weights(seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_pretrained(ours, tmp)
+        theirs = CwmForCausalLM.from_pretrained(tmp, dtype=torch.float32)
+    print(f"config: {args.preset} ({cfg.num_params():,} params), torch threads {torch.get_num_threads()}, "
+          f"transformers attention: {theirs.config._attn_implementation}")
+
+    tokens = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1))
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+
+    def train_ours():
+        loss = F.cross_entropy(ours(inputs).flatten(0, 1), targets.flatten())
+        loss.backward()
+        ours.zero_grad(set_to_none=True)
+
+    def train_theirs():
+        loss = F.cross_entropy(theirs(inputs).logits.flatten(0, 1), targets.flatten())
+        loss.backward()
+        theirs.zero_grad(set_to_none=True)
+
+    prompt = torch.randint(0, cfg.vocab_size - 256, (1, args.prompt))
+    n = args.new_tokens
+
+    def generate_ours():
+        return generate(ours, prompt[0].tolist(), n, stop_tokens=())
+
+    def generate_theirs():
+        with torch.inference_mode():
+            out = theirs.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        return out[0, args.prompt :].tolist()
+
+    same = generate_ours() == generate_theirs()
+    print(f"greedy tokens identical: {same}")
+    train_tokens = args.batch * args.seq
+    results = {}
+    for name, fn, count in [
+        ("train ours", train_ours, train_tokens),
+        ("train theirs", train_theirs, train_tokens),
+        ("generate ours", generate_ours, n),
+        ("generate theirs", generate_theirs, n),
+    ]:
+        fn()  # warm-up
+        results[name] = []
+    for _ in range(args.repeats):  # interleaved, so load from other processes hits both alike
+        for name, fn, count in [
+            ("train ours", train_ours, train_tokens),
+            ("train theirs", train_theirs, train_tokens),
+            ("generate ours", generate_ours, n),
+            ("generate theirs", generate_theirs, n),
+        ]:
+            results[name].append(count / timed(fn))
+    medians = {name: statistics.median(v) for name, v in results.items()}
+    for name, value in medians.items():
+        print(f"{name:16s} {value:10.1f} tokens/s (median of {args.repeats})")
+    print(f"train_ratio: {medians['train ours'] / medians['train theirs']:.2f}")
+    print(f"generate_ratio: {medians['generate ours'] / medians['generate theirs']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Model backends: one small interface shared by the debugger, the evaluations and the agent.
+
+    backend.complete(prompt, stop=..., sampling=...) -> Completion
+
+continues a prompt (token ids, or text that is encoded as ordinary text after <|begin_of_text|>)
+until a stop token of the model, a stop string, or `max_new_tokens`. A stop string that is
+exactly a special token (such as "<|frame_sep|>") stops at that token. As in the release's
+server, the returned tokens include the stop token that ended them.
+
+Implementations:
+  LocalBackend   a checkpoint directory, generating with cwm.model in this process
+  HTTPBackend    a `cwm serve` server, or any server with the release's /completions endpoint
+  OracleBackend  (cwm.eval.oracle) replays a real trace; the reference that scores 1.0
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.max_new_tokens < 1:
+            raise ValueError(
+                f"bad sampling settings {self}: need temperature >= 0, 0 < top_p <= 1, max_new_tokens >= 1"
+            )
+
+
+@dataclass
+class Completion:
+    tokens: list[int]  # the generated ids, ending with the stop token when one ended them
+    text: str  # the tokens decoded, special tokens written out
+    finish_reason: str  # "stop" or "length"
+    prompt_tokens: int = 0
+
+
+class Backend(Protocol):
+    tokenizer: object  # what prompts are encoded with (cwm.tokenizer)
+
+    def complete(
+        self, prompt: Sequence[int] | str, stop: Sequence[str] = (), sampling: Sampling = Sampling()
+    ) -> Completion: ...
+
+
+class BackendError(RuntimeError):
+    """The backend could not answer (server down, bad reply); the message says what to do."""
+
+
+def split_stops(tokenizer, stop: Sequence[str]) -> tuple[set[int], list[str]]:
+    """Stop strings that are special tokens become ids; the rest stay strings."""
+    from cwm.tokenizer.specials import SPECIAL_TOKENS
+
+    ids = set(tokenizer.stop_ids)
+    ids.update(tokenizer.special_id(s) for s in stop if s in SPECIAL_TOKENS)
+    return ids, [s for s in stop if s not in SPECIAL_TOKENS]
+
+
+def cut_at_stop_string(tokenizer, tokens: list[int], strings: list[str]) -> list[int] | None:
+    """The shortest prefix of `tokens` whose text contains a stop string, or None."""
+    if not strings or not any(s in tokenizer.decode(tokens) for s in strings):
+        return None
+    for end in range(1, len(tokens) + 1):
+        if any(s in tokenizer.decode(tokens[:end]) for s in strings):
+            return tokens[:end]
+    return tokens
+
+
+def encode_prompt(tokenizer, prompt: Sequence[int] | str) -> list[int]:
+    """Token ids as given; text as ordinary text (no specials parsed) after <|begin_of_text|>."""
+    if isinstance(prompt, str):
+        return [tokenizer.special_id("<|begin_of_text|>")] + list(tokenizer.encode(prompt))
+    return [int(t) for t in prompt]
+
+
+@dataclass
+class LocalBackend:
+    """Generate with a local checkpoint. One generation at a time (a lock), so threads may share it."""
+
+    model: object
+    tokenizer: object
+    device: str = "cpu"
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def from_dir(cls, path, device: str = "cpu") -> "LocalBackend":
+        from cwm.model import load_pretrained
+        from cwm.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(path)
+        model = load_pretrained(path, device=device).eval()
+        if model.cfg.vocab_size < tokenizer.vocab_size:
+            raise ValueError(
+                f"{path}: the tokenizer has {tokenizer.vocab_size} ids but the model only "
+                f"{model.cfg.vocab_size}; the checkpoint's tokenizer files do not belong to its model"
+            )
+        return cls(model=model, tokenizer=tokenizer, device=device)
+
+    @property
+    def context_length(self) -> int:
+        return int(self.model.cfg.max_seq_len)
+
+    def complete(self, prompt, stop=(), sampling=Sampling()) -> Completion:
+        from cwm.model import generate
+
+        ids = encode_prompt(self.tokenizer, prompt)
+        stop_ids, strings = split_stops(self.tokenizer, stop)
+        with self._lock:  # one generation at a time: the model and its caches are not shared
+            tokens = generate(
+                self.model, ids, sampling.max_new_tokens, temperature=sampling.temperature,
+                top_p=sampling.top_p, stop_tokens=sorted(stop_ids), seed=sampling.seed,
+            )
+        cut = cut_at_stop_string(self.tokenizer, tokens, strings)
+        tokens = cut if cut is not None else tokens
+        stopped = cut is not None or (bool(tokens) and tokens[-1] in stop_ids)
+        return Completion(
+            tokens=tokens, text=self.tokenizer.decode(tokens),
+            finish_reason="stop" if stopped else "length", prompt_tokens=len(ids),
+        )
+
+
+@dataclass
+class HTTPBackend:
+    """Talk to a server with the release's /completions endpoint (`cwm serve`, the release's fgserve)."""
+
+    url: str
+    tokenizer: object
+    timeout_s: float = 600.0
+
+    def complete(self, prompt, stop=(), sampling=Sampling()) -> Completion:
+        import httpx
+
+        body = {
+            "prompt": prompt if isinstance(prompt, str) else [int(t) for t in prompt],
+            "max_tokens": sampling.max_new_tokens,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "stop": list(stop) or None,
+        }
+        if sampling.seed is not None:
+            body["seed"] = sampling.seed
+        endpoint = self.url.rstrip("/") + "/completions"
+        try:
+            reply = httpx.post(endpoint, json=body, timeout=self.timeout_s)
+        except httpx.HTTPError as e:
+            raise BackendError(f"cannot reach {endpoint} ({e}); is `cwm serve` running there?") from e
+        if reply.status_code != 200:
+            raise BackendError(f"{endpoint} answered {reply.status_code}: {reply.text[:500]}")
+        choice = reply.json()["choices"][0]
+        tokens = list(choice["tokens"])
+        return Completion(
+            tokens=tokens, text=choice.get("text", self.tokenizer.decode(tokens)),
+            finish_reason=choice.get("finish_reason", "stop"),
+            prompt_tokens=reply.json().get("usage", {}).get("prompt_tokens", 0),
+        )
+
+
+def open_backend(model: str | None = None, server: str | None = None, tokenizer: str | None = None,
+                 device: str = "cpu") -> Backend:
+    """The backend named by CLI flags: --model DIR, or --server URL with --tokenizer DIR."""
+    if bool(model) == bool(server):
+        raise ValueError("give exactly one of --model DIR (a local checkpoint) or --server URL")
+    if model:
+        return LocalBackend.from_dir(model, device=device)
+    if not tokenizer:
+        raise ValueError("--server needs --tokenizer DIR (the model's tokenizer files) to build prompts")
+    from cwm.tokenizer import load_tokenizer
+
+    return HTTPBackend(url=server, tokenizer=load_tokenizer(tokenizer))

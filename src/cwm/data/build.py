@@ -1,0 +1,447 @@
+"""The dataset builder: programs -> traces (in the sandbox, in parallel) -> Parquet shards + manifest.
+
+    build(out, BuildParams(source="synth", n=1000, seed=0), workers=2)
+
+Resumable by construction, so a build killed at any moment (kill -9) and rerun with the same
+command ends with exactly the records of an uninterrupted run:
+
+  1. the program list is a deterministic function of the parameters (source, seed, n, ...), and
+     duplicates (by content hash) and evaluation programs are dropped from it *before* tracing;
+  2. program i goes to shard i // shard_size, always;
+  3. a shard is written to a temporary file, fsynced and renamed; then the manifest (itself
+     written the same way) lists it. A rerun traces only the shards the manifest lacks;
+  4. the manifest records the parameters, and a rerun with other ones into the same directory
+     is refused.
+
+Each worker is a warm process that forks the sandbox per program (cwm.trace.sandbox), so no
+program pays for a fresh interpreter. Ray (`ray=ADDRESS`) runs the same chunks as Ray tasks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from cwm.data import evalsets, harvest, synth
+from cwm.data.synth import Program
+
+FORMAT = "cwm-dataset-v1"
+MANIFEST = "manifest.json"
+SOURCE_KINDS = ("synth", "dir", "programs", "eval", "code")
+CHUNK = 8  # programs per task sent to a worker: small enough to balance, large enough to amortise
+
+
+class BuildError(ValueError):
+    """A build that cannot start or resume as asked (the message says what to do)."""
+
+
+@dataclass(frozen=True)
+class BuildParams:
+    """Everything the records depend on (and nothing they do not, such as the worker count)."""
+
+    source: str  # synth[:knobs] | dir:PATH|stdlib | programs:FILE.jsonl | eval:NAME | code:PATH|stdlib
+    n: int | None = None  # records wanted (synth: required; others: at most, None = all)
+    seed: int = 0
+    split: str = "train"  # train | eval; a train build refuses evaluation sets and drops their programs
+    shard_size: int = 256
+    max_events: int = 10_000  # the paper's limits for a kept trace
+    max_bytes: int = 1_000_000
+    timeout: float = 10.0  # wall-clock seconds per program in the sandbox
+    decontaminate: tuple[str, ...] = ("cruxeval",)
+
+    @property
+    def kind(self) -> str:
+        return self.source.split(":", 1)[0]
+
+    @property
+    def arg(self) -> str:
+        return self.source.split(":", 1)[1] if ":" in self.source else ""
+
+    def check(self) -> None:
+        if self.kind not in SOURCE_KINDS:
+            raise BuildError(f"unknown --source {self.source!r}; use one of synth, dir:PATH, programs:FILE.jsonl, eval:NAME, code:PATH")
+        if self.split not in ("train", "eval"):
+            raise BuildError(f"--split must be train or eval, not {self.split!r}")
+        if self.kind == "eval" and self.split == "train":
+            evalsets.refuse_in_training(self.arg)
+        if self.kind == "synth" and not self.n:
+            raise BuildError("--source synth needs --n (how many programs to generate)")
+        if self.kind == "synth":
+            try:
+                synth.Knobs.parse(self.arg)
+            except ValueError as e:
+                raise BuildError(str(e)) from None
+        if self.n is not None and self.n < 1 or self.shard_size < 1:
+            raise BuildError("--n and --shard-size must be positive")
+
+    def manifest_dict(self) -> dict:
+        params = asdict(self)
+        params["decontaminate"] = list(self.decontaminate)
+        return params
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan: which items, in which order (static, deterministic)
+
+
+@dataclass
+class Plan:
+    items: list  # Program (traces) or (path, text) (code)
+    counts: dict = field(default_factory=dict)  # candidates, duplicates, contaminated
+
+
+def content_id(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+
+
+def make_plan(params: BuildParams) -> Plan:
+    if params.kind == "code":
+        from cwm.data.corpus import source_files
+
+        return _dedup(source_files(params.arg or "stdlib"), params, key=lambda item: (item[1],), contaminated=lambda _: False)
+    banned = set()
+    if params.split == "train" and params.decontaminate:
+        try:
+            banned = evalsets.contamination_keys(list(params.decontaminate))
+        except FileNotFoundError as e:
+            raise BuildError(f"cannot decontaminate against {', '.join(params.decontaminate)}: {e} (or pass --decontaminate none)") from None
+    contaminated = lambda p: evalsets.source_key(p.source) in banned  # noqa: E731
+    key = lambda p: (p.source, p.call)  # noqa: E731
+    if params.kind == "synth":
+        knobs = synth.Knobs.parse(params.arg)
+        # Generate until n programs survive dedup; program i depends on (seed, i) only.
+        stream = (synth.generate_one(params.seed, i, knobs) for i in range(10**9))
+        return _dedup(stream, params, key, contaminated)
+    if params.kind == "dir":
+        candidates = harvest.harvest(params.arg or "stdlib", params.seed)
+        random.Random(params.seed).shuffle(candidates)
+        return _dedup(candidates, params, key, contaminated)
+    if params.kind == "programs":
+        return _dedup(_read_programs(Path(params.arg)), params, key, contaminated)
+    return _dedup(evalsets.evaluation_programs(params.arg), params, key, lambda _: False)
+
+
+def _dedup(stream, params: BuildParams, key, contaminated) -> Plan:
+    seen, items = set(), []
+    counts = {"candidates": 0, "duplicates": 0, "contaminated": 0}
+    for item in stream:
+        if params.n is not None and len(items) >= params.n:
+            break
+        counts["candidates"] += 1
+        digest = content_id(*key(item))
+        if digest in seen:
+            counts["duplicates"] += 1
+        elif contaminated(item):
+            counts["contaminated"] += 1
+        else:
+            seen.add(digest)
+            items.append(item)
+    if params.kind == "synth" and len(items) < params.n:  # pragma: no cover - the stream is endless
+        raise BuildError(f"only {len(items)} unique programs for --n {params.n}")
+    return Plan(items, counts)
+
+
+def _read_programs(path: Path) -> Iterator[Program]:
+    """A JSONL file of {"source": ..., "call": ...} (optionally "origin") per line."""
+    if not path.is_file():
+        raise BuildError(f"--source programs:{path}: no such file; give a JSONL file of {{\"source\", \"call\"}} rows")
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            yield Program(row["source"], row["call"], row.get("origin", f"{path.name}:{number}"))
+        except (ValueError, KeyError, TypeError) as e:
+            raise BuildError(f"{path}:{number}: not a {{\"source\", \"call\"}} JSON object ({e})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Tracing one program (runs in a worker process)
+
+
+def trace_record(index: int, program: Program, params: BuildParams) -> dict:
+    """Trace one program in the sandbox and return its dataset record (never raises for the program)."""
+    from cwm.trace import trace_call
+    from cwm.trace.format import to_cwm_text
+    from cwm.trace.sandbox import Limits, run_function
+
+    def run():
+        return run_function(
+            trace_call, program.source, program.call,
+            max_events=params.max_events, max_bytes=params.max_bytes, limits=Limits(timeout=params.timeout),
+        )  # fmt: skip
+
+    record = {
+        "index": index, "id": content_id(program.source, program.call), "origin": program.origin,
+        "source": program.source, "call": program.call, "status": None, "error": None,
+        "return_value": None, "num_events": 0, "num_bytes": 0, "cwm_text": None, "frames": [],
+    }  # fmt: skip
+    result = run()
+    if result.status != "ok":  # the sandbox stopped it: timeout, memory, exit, crash, ...
+        record.update(status=result.status, error=_cut(result.error))
+        return record
+    trace = result.value
+    record.update(status=trace.status, error=_cut(trace.error), return_value=trace.return_value)
+    try:
+        text = to_cwm_text(trace)
+        frames = [frame_row(f) for f in trace.frames]
+    except Exception as e:  # a tracer bug on one odd program must not stop a million-program build
+        record.update(status="internal_error", error=_cut(f"rendering the trace failed: {type(e).__name__}: {e}"))
+        return record
+    record.update(num_events=len(trace.frames), num_bytes=len(text.encode()))
+    if params.kind in ("dir", "programs") and trace.status == "ok":  # code we did not write: deterministic?
+        again = run()
+        if not again.ok or to_cwm_text(again.value) != text:
+            record.update(status="nondeterministic", error="two runs gave different traces")
+    if record["status"] == "ok":
+        record.update(cwm_text=text, frames=frames)
+    return record
+
+
+def _cut(text: str | None, limit: int = 2000) -> str | None:
+    return text if text is None or len(text) <= limit else text[:limit] + "..."
+
+
+def frame_row(frame) -> dict:
+    locals_ = None if frame.locals is None else [{"name": k, "value": v} for k, v in frame.locals.items()]
+    return {"event": frame.event, "lineno": frame.lineno, "source": frame.source, "locals": locals_, "value": frame.value, "depth": frame.depth}
+
+
+def row_to_trace(row: dict):
+    """A record (as read back from a shard) -> cwm.trace.format.Trace."""
+    from cwm.trace.format import Frame, Trace
+
+    frames = [
+        Frame(f["event"], f["lineno"], f["source"], None if f["locals"] is None else {kv["name"]: kv["value"] for kv in f["locals"]}, f["value"], f["depth"])
+        for f in row["frames"] or []
+    ]
+    return Trace(source=row["source"], entry=row["call"], frames=frames, status=row["status"], return_value=row["return_value"], error=row["error"])
+
+
+def trace_chunk(chunk: list[tuple[int, Program]], params: BuildParams) -> list[dict]:
+    return [trace_record(i, p, params) for i, p in chunk]
+
+
+# ---------------------------------------------------------------------------------------------
+# Parquet shards and the manifest
+
+
+def schema(kind: str):
+    import pyarrow as pa
+
+    if kind == "code":
+        return pa.schema([("index", pa.int64()), ("id", pa.string()), ("path", pa.string()), ("text", pa.string()), ("num_bytes", pa.int64())])
+    frame = pa.struct([
+        ("event", pa.string()), ("lineno", pa.int32()), ("source", pa.string()),
+        ("locals", pa.list_(pa.struct([("name", pa.string()), ("value", pa.string())]))),
+        ("value", pa.string()), ("depth", pa.int32()),
+    ])  # fmt: skip
+    return pa.schema([
+        ("index", pa.int64()), ("id", pa.string()), ("origin", pa.string()), ("source", pa.string()),
+        ("call", pa.string()), ("status", pa.string()), ("error", pa.string()), ("return_value", pa.string()),
+        ("num_events", pa.int32()), ("num_bytes", pa.int64()), ("cwm_text", pa.string()), ("frames", pa.list_(frame)),
+    ])  # fmt: skip
+
+
+def shard_name(number: int) -> str:
+    return f"shard-{number:05d}.parquet"
+
+
+def _write_atomic(path: Path, write) -> None:
+    """write(tmp_path); fsync; rename over path; fsync the directory (so the rename is durable)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_shard(out: Path, number: int, records: list[dict], kind: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist(sorted(records, key=lambda r: r["index"]), schema=schema(kind))
+    _write_atomic(out / shard_name(number), lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+
+
+def write_manifest(out: Path, manifest: dict) -> None:
+    _write_atomic(out / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1) + "\n"))
+
+
+def read_manifest(out: str | os.PathLike) -> dict:
+    path = Path(out) / MANIFEST
+    if not path.is_file():
+        raise BuildError(f"{out} is not a dataset (no {MANIFEST}); build one with `cwm data build`")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise BuildError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    return manifest
+
+
+def _open_manifest(out: Path, params: BuildParams, plan: Plan) -> dict:
+    fresh = {
+        "format": FORMAT, "kind": "code" if params.kind == "code" else "traces", "params": params.manifest_dict(),
+        "num_records": len(plan.items), "num_shards": -(-len(plan.items) // params.shard_size),
+        "plan": plan.counts, "shards": {}, "complete": False,
+    }  # fmt: skip
+    if not (out / MANIFEST).exists():
+        return fresh
+    old = read_manifest(out)
+    if old["params"] != fresh["params"]:
+        diff = ", ".join(f"{k}: {old['params'].get(k)!r} then {v!r}" for k, v in fresh["params"].items() if old["params"].get(k) != v)
+        raise BuildError(f"{out} holds a build with other parameters ({diff}); rerun with the same parameters to resume it, or choose another --out")
+    old["shards"] = {k: v for k, v in old["shards"].items() if (out / k).is_file()}
+    return old
+
+
+# ---------------------------------------------------------------------------------------------
+# Running it
+
+
+def build(out: str | os.PathLike, params: BuildParams, workers: int = 1, ray: str | None = None, progress: bool = True) -> dict:
+    """Build (or finish building) the dataset in `out`; returns the manifest."""
+    params.check()
+    out = Path(out)
+    if workers < 1:
+        raise BuildError("--workers must be at least 1")
+    if ray is not None:
+        ray_module = _import_ray()  # fail before any work
+    plan = make_plan(params)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = _open_manifest(out, params, plan)
+    write_manifest(out, manifest)
+    todo = [s for s in range(manifest["num_shards"]) if shard_name(s) not in manifest["shards"]]
+    indexed, size = list(enumerate(plan.items)), params.shard_size
+    shard_items = {s: indexed[s * size : (s + 1) * size] for s in todo}
+
+    def finished(number: int, records: list[dict]) -> None:
+        write_shard(out, number, records, manifest["kind"])
+        manifest["shards"][shard_name(number)] = {"rows": len(records)}
+        manifest["complete"] = len(manifest["shards"]) == manifest["num_shards"]
+        write_manifest(out, manifest)
+
+    with _progress(progress, sum(len(v) for v in shard_items.values()), len(plan.items) - sum(len(v) for v in shard_items.values())) as advance:
+        if manifest["kind"] == "code":
+            for number, items in shard_items.items():
+                finished(number, [_code_record(i, path, text) for i, (path, text) in items])
+                advance(len(items))
+        else:
+            chunks = [(s, items[i : i + CHUNK]) for s, items in shard_items.items() for i in range(0, len(items), CHUNK)]
+            pending = {s: len(items) for s, items in shard_items.items()}
+            done: dict[int, list[dict]] = {s: [] for s in shard_items}
+            runner = _run_ray(ray_module, ray, workers) if ray is not None else _run_local(workers)
+            for number, records in runner(chunks, params):
+                done[number] += records
+                advance(len(records))
+                if len(done[number]) == pending[number]:
+                    finished(number, done.pop(number))
+    if not manifest["shards"] and manifest["num_shards"] == 0:
+        manifest["complete"] = True
+        write_manifest(out, manifest)
+    return manifest
+
+
+def _code_record(index: int, path: str, text: str) -> dict:
+    return {"index": index, "id": content_id(text), "path": path, "text": text, "num_bytes": len(text.encode())}
+
+
+def _run_local(workers: int):
+    """Chunks in this process (1 worker) or in a pool of warm worker processes."""
+
+    def run(chunks, params):
+        if workers == 1:
+            for number, chunk in chunks:
+                yield number, trace_chunk(chunk, params)
+            return
+        import multiprocessing
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        # fork: the workers start as copies of this warm process (the tracer already importable).
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            queue, running = list(reversed(chunks)), {}
+            while queue or running:
+                while queue and len(running) < 4 * workers:  # a bounded window keeps memory flat
+                    number, chunk = queue.pop()
+                    running[pool.submit(trace_chunk, chunk, params)] = number
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    yield running.pop(future), future.result()
+
+    return run
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise BuildError("--ray needs Ray, which is not installed: pip install 'cwm[distributed]'") from None
+    return ray
+
+
+def _run_ray(ray, address: str, workers: int):
+    """The same chunks as Ray tasks (address 'local' starts a local Ray with `workers` CPUs)."""
+
+    def run(chunks, params):
+        if not ray.is_initialized():
+            if address == "local":
+                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(address=address, log_to_driver=False)
+        task = ray.remote(num_cpus=1)(trace_chunk)
+        params_ref = ray.put(params)
+        queue, running = list(reversed(chunks)), {}
+        window = 4 * max(1, int(ray.available_resources().get("CPU", workers)))
+        while queue or running:
+            while queue and len(running) < window:
+                number, chunk = queue.pop()
+                running[task.remote(chunk, params_ref)] = number
+            ready, _ = ray.wait(list(running), num_returns=1)
+            for ref in ready:
+                yield running.pop(ref), ray.get(ref)
+
+    return run
+
+
+class _progress:
+    """A rich progress bar with rate and ETA on stderr (or nothing), as a context manager."""
+
+    def __init__(self, enabled: bool, total: int, already: int):
+        self.enabled, self.total, self.already = enabled, total, already
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda k: None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn("tracing" if self.already == 0 else f"resuming ({self.already} done)"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )  # fmt: skip
+        self.bar.__enter__()
+        self.task = self.bar.add_task("build", total=self.total, rate="")
+        self.start = time.monotonic()
+        self.count = 0
+
+        def advance(k: int) -> None:
+            self.count += k
+            rate = self.count / max(time.monotonic() - self.start, 1e-9)
+            self.bar.update(self.task, advance=k, rate=f"{rate:.1f} programs/s")
+
+        return advance
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.bar.__exit__(*exc)

@@ -1,0 +1,91 @@
+"""`cwm data build | pack | stats`: thin argument parsing over cwm.data.build, .pack and .stats."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    verbs = parser.add_subparsers(dest="data_verb", required=True, metavar="{build,pack,stats}")
+
+    build = verbs.add_parser("build", help="trace programs into a Parquet dataset (resumable)")
+    build.add_argument("--source", required=True, help="synth[:length=6,nesting=2,values=10] | dir:PATH|stdlib | "
+                       "programs:FILE.jsonl | eval:cruxeval (with --split eval) | code:PATH|stdlib (plain source corpus)")
+    build.add_argument("--n", type=int, default=None, help="records wanted (synth: required; else at most, default all)")
+    build.add_argument("--out", required=True, help="dataset directory (rerun the same command to resume)")
+    build.add_argument("--workers", type=int, default=1, help="warm worker processes (default 1)")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--split", choices=("train", "eval"), default="train")
+    build.add_argument("--shard-size", type=int, default=256, help="records per Parquet shard (default 256)")
+    build.add_argument("--max-events", type=int, default=10_000, help="drop traces with more events (default 10000)")
+    build.add_argument("--max-bytes", type=int, default=1_000_000, help="drop traces larger than this (default 1 MB)")
+    build.add_argument("--timeout", type=float, default=10.0, help="wall-clock seconds per program (default 10)")
+    build.add_argument("--decontaminate", default="cruxeval",
+                       help="evaluation sets whose programs a train build drops (comma-separated, or none)")
+    build.add_argument("--ray", metavar="ADDRESS", default=None, help="run as Ray tasks ('local' starts a local Ray)")
+    build.add_argument("--quiet", action="store_true", help="no progress bar or statistics")
+
+    pack = verbs.add_parser("pack", help="tokenize datasets and pack them into fixed-length sequences")
+    pack.add_argument("--input", action="append", required=True, metavar="NAME=PATH:WEIGHT",
+                      help="a dataset dir or a chat .jsonl, with a mixture weight (repeatable)")
+    pack.add_argument("--tokenizer", required=True, help="tokenizer directory or file")
+    pack.add_argument("--out", required=True, help="packed dataset directory")
+    pack.add_argument("--seq-len", type=int, default=2048)
+    pack.add_argument("--max-tokens", type=int, default=None, help="stop after this many tokens (default: when an input runs out)")
+    pack.add_argument("--seed", type=int, default=0)
+    pack.add_argument("--trace-loss", choices=("frames", "all"), default="frames",
+                      help="frames: learn the frames, not the source context (default); all: every token")
+
+    stats = verbs.add_parser("stats", help="statistics of a built dataset")
+    stats.add_argument("dataset", help="dataset directory")
+
+
+def run(args: argparse.Namespace) -> int:
+    from cwm.data.build import BuildError
+    from cwm.data.evalsets import EvaluationOnlyError
+    from cwm.data.pack import PackError
+
+    try:
+        return {"build": _build, "pack": _pack, "stats": _stats}[args.data_verb](args)
+    except (BuildError, EvaluationOnlyError, PackError, FileNotFoundError) as e:
+        print(f"cwm data {args.data_verb}: {e}", file=sys.stderr)
+        return 2
+
+
+def _build(args) -> int:
+    from cwm.data.build import BuildParams, build
+    from cwm.data.stats import dataset_stats, print_stats
+
+    sets = tuple(s for s in args.decontaminate.split(",") if s and s != "none")
+    params = BuildParams(
+        source=args.source, n=args.n, seed=args.seed, split=args.split, shard_size=args.shard_size,
+        max_events=args.max_events, max_bytes=args.max_bytes, timeout=args.timeout, decontaminate=sets,
+    )  # fmt: skip
+    build(args.out, params, workers=args.workers, ray=args.ray, progress=not args.quiet)
+    if not args.quiet:
+        print_stats(dataset_stats(args.out))
+    return 0
+
+
+def _pack(args) -> int:
+    from cwm.data.pack import PackInput, pack
+    from cwm.tokenizer import TokenizerError, load_tokenizer
+
+    try:
+        tok = load_tokenizer(args.tokenizer)
+    except TokenizerError as e:
+        print(f"cwm data pack: {e}", file=sys.stderr)
+        return 2
+    inputs = [PackInput.parse(spec) for spec in args.input]
+    meta = pack(inputs, tok, args.out, seq_len=args.seq_len, seed=args.seed, max_tokens=args.max_tokens, loss=args.trace_loss)
+    shares = ", ".join(f"{name} {tokens} tokens" for name, tokens in meta["tokens"].items())
+    print(f"packed {meta['num_sequences']} sequences of {meta['seq_len']} tokens into {args.out} ({shares})")
+    return 0
+
+
+def _stats(args) -> int:
+    from cwm.data.stats import dataset_stats, print_stats
+
+    print_stats(dataset_stats(args.dataset))
+    return 0

@@ -1,0 +1,195 @@
+"""Tokenize datasets and pack them into fixed-length training sequences (cwm.data.packed).
+
+    pack([PackInput("traces", dir_a, 0.7), PackInput("code", dir_b, 0.3)], tok, out, seq_len=2048)
+
+Inputs are trace datasets and code corpora built by `cwm data build`, or chat/SFT JSONL files
+of {"messages": [...]}. Every document becomes (ids, loss_mask):
+
+  traces  the tracer's pieces (`to_cwm_pieces`) through `tok.encode_pieces`, never string-split;
+          loss "frames" (default) learns the frames and <|end_of_text|>, not the source context
+          (everything up to the first <|frame_sep|>); loss "all" learns every token
+  code    <|begin_of_text|> text <|end_of_text|>, learn every token
+  chat    `chat_ids`: loss on the assistant turns only
+
+Mixture: documents are drawn so that each input's share of tokens follows its weight (the input
+furthest below its share goes next); packing stops when an input runs out, so the shares hold,
+or at max_tokens. Documents are concatenated into rows of seq_len; one that does not fit
+continues in the next row; doc_ids number the documents inside each row (for document-causal
+masking); the last row is padded with <|pad|> (not learned, a document of its own).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from cwm.data.build import read_manifest, row_to_trace
+from cwm.data.packed import PackedWriter
+
+LOSS_MODES = ("frames", "all")
+
+
+class PackError(ValueError):
+    """A bad --input or a dataset that cannot be packed (the message says what to do)."""
+
+
+@dataclass(frozen=True)
+class PackInput:
+    name: str
+    path: Path
+    weight: float = 1.0
+
+    @classmethod
+    def parse(cls, spec: str) -> "PackInput":
+        """'NAME=PATH:WEIGHT', 'PATH:WEIGHT' or 'PATH' (the name defaults to the directory name)."""
+        name, sep, rest = spec.partition("=")
+        if not sep:
+            name, rest = "", spec
+        path, colon, weight = rest.rpartition(":")
+        if not colon or not _is_number(weight):
+            path, weight = rest, "1"
+        if float(weight) <= 0:
+            raise PackError(f"--input {spec!r}: the weight must be positive")
+        return cls(name or Path(path).name, Path(path), float(weight))
+
+    @property
+    def kind(self) -> str:
+        if self.path.is_file() and self.path.suffix == ".jsonl":
+            return "chat"
+        if (self.path / "manifest.json").is_file():
+            return read_manifest(self.path)["kind"]
+        raise PackError(f"--input {self.path}: not a dataset built by `cwm data build` nor a .jsonl chat file")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Documents
+
+
+def trace_document(trace, tok, loss: str = "frames") -> tuple[list[int], list[int]]:
+    """Token ids of one trace and their loss mask."""
+    from cwm.tokenizer.specials import FRAME_SEP
+    from cwm.trace.format import to_cwm_pieces
+
+    ids, mask, in_context = [], [], loss == "frames"
+    for text, special in to_cwm_pieces(trace):
+        new = tok.encode_pieces([(text, special)])
+        ids += new
+        mask += [0 if in_context else 1] * len(new)
+        if special and text == FRAME_SEP:
+            in_context = False  # the context ends with the first <|frame_sep|>
+    return ids, mask
+
+
+def documents(source: PackInput, tok, loss: str, seed: int) -> Iterator[tuple[list[int], list[int]]]:
+    """(ids, loss_mask) per document, in a seeded shuffled order."""
+    rng = random.Random(f"cwm-pack:{seed}:{source.name}")
+    kind = source.kind
+    if kind == "chat":
+        from cwm.tokenizer.prompts import chat_ids
+
+        lines = [line for line in source.path.read_text().splitlines() if line.strip()]
+        rng.shuffle(lines)
+        for number, line in enumerate(lines):
+            try:
+                messages = json.loads(line)["messages"]
+            except (ValueError, KeyError, TypeError):
+                raise PackError(f"{source.path}: a line is not a JSON object with 'messages': {line[:80]!r}") from None
+            yield chat_ids(tok, messages, add_generation_prompt=False)
+        return
+    import pyarrow.parquet as pq
+
+    shards = sorted(read_manifest(source.path)["shards"])
+    rng.shuffle(shards)
+    for name in shards:  # one shard in memory at a time; shuffled across and within shards
+        rows = pq.read_table(source.path / name).to_pylist()
+        rng.shuffle(rows)
+        for row in rows:
+            if kind == "code":
+                text_ids = tok.encode(row["text"])
+                yield [tok.bos_id, *text_ids, tok.eos_id], [0] + [1] * (len(text_ids) + 1)
+            elif row["status"] == "ok":  # a trace that failed or broke the limits is not learned from
+                yield trace_document(row_to_trace(row), tok, loss)
+
+
+# ---------------------------------------------------------------------------------------------
+# Packing
+
+
+def pack(
+    inputs: list[PackInput],
+    tok,
+    out: str | os.PathLike,
+    seq_len: int = 2048,
+    seed: int = 0,
+    max_tokens: int | None = None,
+    loss: str = "frames",
+) -> dict:
+    """Pack the inputs into `out` (a cwm-packed-v1 directory); returns its meta."""
+    if not inputs:
+        raise PackError("give at least one --input")
+    if loss not in LOSS_MODES:
+        raise PackError(f"--trace-loss must be one of {', '.join(LOSS_MODES)}, not {loss!r}")
+    if seq_len < 2:
+        raise PackError("--seq-len must be at least 2")
+    if len({i.name for i in inputs}) != len(inputs):
+        raise PackError("two --input share a name; name them: --input NAME=PATH:WEIGHT")
+    streams = [documents(i, tok, loss, seed) for i in inputs]
+    weights = [i.weight / sum(i.weight for i in inputs) for i in inputs]
+    taken = [0] * len(inputs)
+    docs = [0] * len(inputs)
+    rows = _Rows(seq_len, tok.pad_id)
+    meta = {"inputs": [{"name": i.name, "path": str(i.path), "weight": i.weight} for i in inputs], "seed": seed, "trace_loss": loss}
+    with PackedWriter(out, seq_len, tok.vocab_size, **meta) as writer:
+        while max_tokens is None or sum(taken) < max_tokens:
+            # The input furthest below its share of the tokens so far goes next.
+            k = min(range(len(inputs)), key=lambda j: (taken[j] / weights[j], j))
+            doc = next(streams[k], None)
+            if doc is None:
+                break
+            ids, mask = doc
+            taken[k] += len(ids)
+            docs[k] += 1
+            for row in rows.add(ids, mask):
+                writer.add(*row)
+        for row in rows.flush():
+            writer.add(*row)
+        writer.extra_meta.update(tokens={i.name: t for i, t in zip(inputs, taken)}, documents={i.name: d for i, d in zip(inputs, docs)})
+    return json.loads((Path(out) / "meta.json").read_text())
+
+
+class _Rows:
+    """Fills rows of seq_len tokens; yields (tokens, doc_ids, loss_mask) per full row."""
+
+    def __init__(self, seq_len: int, pad_id: int):
+        self.seq_len, self.pad_id = seq_len, pad_id
+        self.tokens, self.doc_ids, self.mask = [], [], []
+        self.doc = 0  # the id of the next document in this row
+
+    def add(self, ids: list[int], mask: list[int]):
+        while ids:
+            room = self.seq_len - len(self.tokens)
+            self.tokens += ids[:room]
+            self.mask += mask[:room]
+            self.doc_ids += [self.doc] * len(ids[:room])
+            ids, mask = ids[room:], mask[room:]
+            self.doc += 1
+            if len(self.tokens) == self.seq_len:
+                yield self.tokens, self.doc_ids, self.mask
+                self.tokens, self.doc_ids, self.mask, self.doc = [], [], [], 0
+
+    def flush(self):
+        if self.tokens:
+            pad = self.seq_len - len(self.tokens)
+            yield self.tokens + [self.pad_id] * pad, self.doc_ids + [self.doc] * pad, self.mask + [0] * pad

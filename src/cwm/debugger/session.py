@@ -1,0 +1,200 @@
+"""The neural debugger: a model predicts a program's execution one frame at a time.
+
+A session holds a program context and the frames so far. Each command asks the backend for the
+next frame (stopping at <|frame_sep|>), sometimes forcing how that frame starts, as the
+release's demo does (demos/cwmdbg.py):
+
+  step   next frame; after a call frame, force a line frame (step into)
+  next   next frame; if it is a call, force <|return_sep|>: the model predicts the callee's
+         return value without its body (step over), then the caller's next frame
+  out    continue, stepping over calls, until the current function returns, then one more frame
+  back   drop the last frame
+  reset  back to the entry call frame
+  set    what-if: give a local of the current frame a new value; later frames follow from it
+
+The entry is wrapped as CruxEval's trace mode does: the context is the program plus
+`def main():  # << START_OF_TRACE` returning the call, and main's call frame is given, so the
+model never has to guess the inputs. When the program can run (in the sandbox), the real trace
+is kept beside the predicted one and each predicted frame is paired with its real counterpart.
+Malformed model output becomes a frame marked malformed, never an exception.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+
+from cwm.backends import Backend, Sampling
+from cwm.eval import tracetext
+from cwm.eval.tracetext import ENTRY, MARKER, entry_context, entry_frame
+from cwm.eval.metrics import action_of, state_of
+from cwm.eval.oracle import follow_real
+from cwm.trace.format import CALL, LINE, RETURN, Frame
+
+
+
+@dataclass
+class Step:
+    """One predicted frame: parsed (or None when malformed), with the exact tokens behind it."""
+
+    frame: Frame | None
+    ids: list[int]  # the frame's tokens as they stand in the prompt, ending with <|frame_sep|>
+    text: str
+    error: str | None = None  # why the text is not a frame
+    edited: bool = False  # changed by the user (what-if)
+
+
+@dataclass
+class Session:
+    backend: Backend
+    context: str  # the program with its entry marked (see `prepare`)
+    real: list[Frame] | None = None  # the real trace, when the program could be run
+    sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.0, max_new_tokens=512))
+    steps: list[Step] = field(default_factory=list)
+    done: bool = False  # the model ended the trace (<|end_of_text|>)
+
+    def __post_init__(self):
+        self.tok = self.backend.tokenizer
+        self.context_ids = tracetext.context_ids(self.tok, self.context)
+        self.reset()
+
+    # --- commands ---------------------------------------------------------------------------
+
+    def reset(self) -> Step:
+        first = self.real[0] if self.real else entry_frame(self.context)
+        ids = tracetext.frames_ids(self.tok, self.context, [first])[0]
+        self.steps = [Step(first, ids, self.tok.decode(ids))]
+        self.done = False
+        return self.current
+
+    def step(self) -> Step:
+        if self.done:
+            return self.current
+        return self._predict(LINE if self._current_event() == CALL else None)
+
+    def next(self) -> Step:
+        if self.done:
+            return self.current
+        self._predict()
+        if self._current_event() == CALL and not self.done:
+            self._predict(RETURN)
+            if not self.done and self.current.error is None:
+                self._predict()
+        return self.current
+
+    def out(self, max_steps: int = 1000) -> Step:
+        for _ in range(max_steps):
+            if self.done or self.current.error:
+                break
+            self._predict(RETURN if self._current_event() == CALL else None)
+            if self._current_event() == RETURN:
+                if not self.done:
+                    self._predict()
+                break
+        return self.current
+
+    def back(self) -> Step:
+        if len(self.steps) > 1:
+            self.steps.pop()
+        self.done = False
+        return self.current
+
+    def set_local(self, name: str, value: str) -> Step:
+        """What-if: the current frame's local `name` now holds `value` (a Python expression)."""
+        frame = self.current.frame
+        if frame is None or frame.event not in (CALL, LINE):
+            raise ValueError("what-if needs a call or line frame as the current frame; use `back` first")
+        try:
+            ast.parse(value, mode="eval")
+        except SyntaxError as e:
+            raise ValueError(f"{value!r} is not a Python expression ({e.msg})") from None
+        edited = Frame(frame.event, frame.lineno, frame.source, {**(frame.locals or {}), name: value},
+                       frame.value, frame.depth)
+        frames = [s.frame for s in self.steps[:-1]] + [edited]
+        ids = tracetext.frames_ids(self.tok, self.context, frames)[-1]
+        self.steps[-1] = Step(edited, ids, self.tok.decode(ids), edited=True)
+        self.done = False
+        return self.current
+
+    # --- state ------------------------------------------------------------------------------
+
+    @property
+    def current(self) -> Step:
+        return self.steps[-1]
+
+    def locals(self) -> dict[str, str]:
+        """Resolved locals at the current frame (a return/exception frame shows its scope's last)."""
+        for step in reversed(self.steps):
+            if step.frame is not None and step.frame.event in (CALL, LINE):
+                return dict(step.frame.locals or {})
+        return {}
+
+    @property
+    def edited(self) -> bool:
+        return any(s.edited for s in self.steps)
+
+    def frames(self) -> list[Frame | None]:
+        return [s.frame for s in self.steps]
+
+    def real_pairs(self) -> list[Frame | None]:
+        """For each predicted step, the real frame at the same point of the execution (or None)."""
+        if self.real is None:
+            return [None] * len(self.steps)
+        events = [s.frame.event if s.frame else None for s in self.steps]
+        return [self.real[i] if i is not None and i < len(self.real) else None for i in follow_real(self.real, events)]
+
+    def first_divergence(self) -> int | None:
+        """The first step whose prediction differs from its real frame (None if none or no real trace)."""
+        if self.real is None:
+            return None
+        for i, (step, real) in enumerate(zip(self.steps, self.real_pairs())):
+            if step.edited:
+                return None  # after a what-if edit, the real run is no longer the reference
+            if step.frame is None or real is None or action_of(step.frame) != action_of(real) \
+                    or state_of(step.frame) != state_of(real):
+                return i
+        return None
+
+    # --- one prediction ---------------------------------------------------------------------
+
+    def _current_event(self) -> str | None:
+        return self.current.frame.event if self.current.frame else None
+
+    def _predict(self, forced: str | None = None) -> Step:
+        forced_ids = [self.tok.special_id(f"<|{forced}_sep|>")] if forced else []
+        prompt = self.context_ids + [t for s in self.steps for t in s.ids] + forced_ids
+        completion = self.backend.complete(prompt, stop=["<|frame_sep|>"], sampling=self.sampling)
+        tokens = forced_ids + completion.tokens
+        if completion.tokens[:1] == [self.tok.eos_id] or (not completion.tokens and not forced):
+            self.done = True
+            return self.current
+        frames, error = tracetext.parse_frames(self.tok, self.context, [s.frame for s in self.steps], tokens)
+        if frames and error is None and completion.finish_reason == "stop":
+            step = Step(frames[0], tokens, self.tok.decode(tokens))
+        else:
+            if error is None:
+                error = "the model ran out of tokens before <|frame_sep|>"
+            if tokens[-1:] != [self.tok.frame_sep_id]:
+                tokens = tokens + [self.tok.frame_sep_id]  # keep the prompt's frames delimited
+            step = Step(None, tokens, self.tok.decode(tokens), error=error)
+        self.steps.append(step)
+        return step
+
+
+def prepare(program: str, call: str, run_real: bool = True) -> tuple[str, list[Frame] | None, str | None]:
+    """The session's context and, if the program runs (in the sandbox), its real trace.
+
+    Returns (context, real frames or None, a note for the user or None).
+    """
+    context = entry_context(program, call)
+    if not run_real:
+        return context, None, None
+    from cwm.trace import trace_call
+    from cwm.trace.sandbox import Limits, run_function
+
+    result = run_function(trace_call, context.replace(MARKER, ""), f"{ENTRY}()", limits=Limits(timeout=10))
+    if not result.ok:
+        return context, None, f"note: the real program could not be traced ({result.status}: {result.error}); predictions only"
+    trace = result.value
+    note = None if trace.status == "ok" else f"note: the real run ended with {trace.status}: {trace.error}"
+    return context, trace.frames or None, note

@@ -1,0 +1,90 @@
+"""`cwm eval cruxeval|trace`: score a model (local or served) and write a results JSON.
+
+Each run prints a table and ends with the line `score: X`, the headline number as a fraction:
+pass@1 for CruxEval, free-running (or teacher-forced) state exact match for traces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _backend_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="local checkpoint directory")
+    p.add_argument("--server", help="URL of a server with /completions (cwm serve, the release's fgserve)")
+    p.add_argument("--tokenizer", help="tokenizer files (needed with --server; default: --model)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N items")
+    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--temperature", type=float, default=None, help="default: 0 (greedy) for one sample, 0.2 for several")
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="results JSON (default: eval-<task>-<time>.json)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="task", required=True)
+    crux = sub.add_parser("cruxeval", help="CruxEval-O: predict a function's output (pass@1, pass@k)")
+    crux.add_argument("--mode", choices=("direct", "trace"), default="direct")
+    crux.add_argument("--samples", type=int, default=1, help="K samples per problem, for pass@k")
+    crux.add_argument("--data", default=None, help="cruxeval.jsonl (default: ../shared/data/cruxeval)")
+    _backend_flags(crux)
+    trace = sub.add_parser("trace", help="trace prediction on a `cwm data build` dataset")
+    trace.add_argument("--data", required=True, help="dataset directory (manifest.json + Parquet shards)")
+    trace.add_argument("--mode", choices=("free", "teacher"), default="free")
+    _backend_flags(trace)
+
+
+def run(args) -> int:
+    from cwm.backends import BackendError
+
+    try:
+        return _run(args)
+    except (BackendError, FileNotFoundError, ValueError) as e:  # user-fixable: say what, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from cwm.backends import Sampling, open_backend
+
+    samples = getattr(args, "samples", 1)
+    if samples < 1:
+        raise ValueError(f"--samples must be at least 1, not {samples}")
+    temperature = args.temperature if args.temperature is not None else (0.0 if samples == 1 else 0.2)
+    sampling = Sampling(temperature=temperature, top_p=args.top_p if temperature > 0 else 1.0,
+                        max_new_tokens=args.max_new_tokens, seed=args.seed)
+    backend = open_backend(args.model, args.server, args.tokenizer or args.model, args.device)
+    started = time.time()
+    if args.task == "cruxeval":
+        from cwm.eval.cruxeval import load_cruxeval, run_cruxeval
+
+        items = load_cruxeval(args.data, args.limit)
+        results = run_cruxeval(backend, items, args.mode, samples, sampling)
+    else:
+        from cwm.eval.traces import load_cases, run_traces
+
+        results = run_traces(backend, load_cases(args.data, args.limit), args.mode, sampling)
+    results["config"] = {k: v for k, v in vars(args).items() if k != "func"} | {
+        "temperature": temperature, "seconds": round(time.time() - started, 2)}
+    out = Path(args.out or f"eval-{args.task}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    out.write_text(json.dumps(results, indent=1))
+
+    console = Console()
+    table = Table(title=f"cwm eval {args.task} ({results['headline']})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in results["aggregates"].items():
+        if isinstance(value, (int, float)) and value is not None:
+            table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+    console.print(f"results: {out}")
+    print(f"score: {results['aggregates'][results['headline']]:.4f}")
+    return 0

@@ -1,0 +1,155 @@
+"""CruxEval-O: predict the output of a short function on a given input.
+
+Scored as the benchmark scores it (facebookresearch/cruxeval, evaluation/evaluate_generations.py):
+an answer containing the call `f(<input>)` itself is rejected; otherwise
+`{code}\\nassert {gold} == {answer}` runs (here in the sandbox) and passes or fails. pass@k uses
+the unbiased estimator from the Codex paper.
+
+Two ways to get an answer from a model:
+  direct  the benchmark's own few-shot prompt; the answer is the right side of the predicted assertion
+  trace   the context is the code plus `def main():  # << START_OF_TRACE` returning `f(<input>)`;
+          main's call frame is given, the model predicts the trace, the answer is main's return value
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+# This checkout keeps evaluation-only data beside the repository (in ../shared).
+DEFAULT_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "cruxeval" / "cruxeval.jsonl"
+
+
+def load_cruxeval(path: str | Path | None = None, limit: int | None = None) -> list[dict]:
+    """The problems as dicts with code, input, output, id (the benchmark's jsonl, one per line)."""
+    path = Path(path) if path else DEFAULT_DATA
+    if not path.is_file():
+        raise FileNotFoundError(f"CruxEval data not found at {path}; pass --data PATH/cruxeval.jsonl")
+    items = []
+    with path.open() as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            missing = {"code", "input", "output", "id"} - item.keys()
+            if missing:
+                raise ValueError(f"{path}:{number}: missing fields {sorted(missing)}")
+            items.append(item)
+            if limit is not None and len(items) >= limit:
+                break
+    return items
+
+
+def direct_prompt(code: str, input: str) -> str:
+    """The benchmark's direct output-prediction prompt (cruxeval/prompts.py, make_direct_output_prompt)."""
+    return f"""You are given a Python function and an assertion containing an input to the function. Complete the assertion with a literal (no unsimplified expressions, no function calls) containing the output when executing the provided code on the given input, even if the function is incorrect or incomplete. Do NOT output any extra information. Provide the full assertion with the correct output in [ANSWER] and [/ANSWER] tags, following the examples.
+
+[PYTHON]
+def f(n):
+    return n
+assert f(17) == ??
+[/PYTHON]
+[ANSWER]
+assert f(17) == 17
+[/ANSWER]
+
+[PYTHON]
+def f(s):
+    return s + "a"
+assert f("x9j") == ??
+[/PYTHON]
+[ANSWER]
+assert f("x9j") == "x9ja"
+[/ANSWER]
+
+[PYTHON]
+{code}
+assert f({input}) == ??
+[/PYTHON]
+[ANSWER]
+"""
+
+
+DIRECT_STOP = "[/ANSWER]"
+
+
+def extract_direct_answer(generation: str) -> str:
+    """The right side of `assert f(...) == ANSWER`, cut at [/ANSWER] (as the benchmark does)."""
+    answer = generation.split(DIRECT_STOP)[0].strip()
+    if "==" in answer:
+        answer = answer.split("==", 1)[1].strip()
+    return answer
+
+
+def trace_context(code: str, input: str) -> str:
+    """The program whose trace answers the problem: main() returns f(<input>)."""
+    from cwm.eval.tracetext import entry_context
+
+    return entry_context(code, f"f({input})")
+
+
+def check_answer(code: str, input: str, gold: str, answer: str | None, timeout_s: float = 3.0) -> bool:
+    """The benchmark's check: reject a copy of the call, else run the assertion in the sandbox."""
+    if not answer or f"f({input})" in answer:
+        return False
+    from cwm.trace.sandbox import Limits, run_function  # the model's answer is untrusted code
+
+    program = f"{code}\nassert {gold} == {answer}\n"
+    return run_function(_exec_program, program, limits=Limits(timeout=timeout_s)).ok
+
+
+def _exec_program(program: str) -> None:
+    exec(compile(program, "<cruxeval>", "exec"), {"__name__": "__main__"})
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased estimate of P(at least one of k samples is right) from n samples with c right."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def answer_by_trace(backend, item: dict, sampling) -> tuple[str | None, dict]:
+    """Trace mode: predict main()'s trace; the answer is main's final return value."""
+    from cwm.eval.metrics import output_of
+    from cwm.eval.traces import Case, predict_free
+    from cwm.eval.tracetext import entry_frame
+
+    context = trace_context(item["code"], item["input"])
+    prediction = predict_free(backend, Case(item["id"], context, [entry_frame(context)]), sampling)
+    top = [f for f in prediction.frames if f.depth == 0]  # main's own frames
+    answer = output_of(top)
+    return answer, {"error": prediction.error, "frames": len(prediction.frames)}
+
+
+def answer_directly(backend, item: dict, sampling) -> tuple[str | None, dict]:
+    out = backend.complete(direct_prompt(item["code"], item["input"]), stop=[DIRECT_STOP], sampling=sampling)
+    return extract_direct_answer(out.text), {"generation": out.text}
+
+
+def run_cruxeval(backend, items: list[dict], mode: str, samples: int, sampling) -> dict:
+    """Answer each problem `samples` times and score as the benchmark does."""
+    from dataclasses import replace
+
+    from rich.progress import track
+
+    answer = {"direct": answer_directly, "trace": answer_by_trace}[mode]
+    results = []
+    for item in track(items, description=f"cruxeval ({mode})", transient=True):
+        tries = []
+        for s in range(samples):
+            seeded = replace(sampling, seed=None if sampling.seed is None else sampling.seed + s)
+            got, detail = answer(backend, item, seeded)
+            ok = check_answer(item["code"], item["input"], item["output"], got)
+            tries.append({"answer": got, "correct": ok, **detail})
+        results.append({"id": item["id"], "gold": item["output"], "samples": tries,
+                        "correct": sum(t["correct"] for t in tries)})
+    ks = sorted({1, samples})
+    n = len(results)
+    aggregates = {f"pass@{k}": sum(pass_at_k(samples, r["correct"], k) for r in results) / n if n else 0.0 for k in ks}
+    aggregates["problems"] = n
+    return {"task": "cruxeval", "mode": mode, "headline": "pass@1", "aggregates": aggregates, "items": results}

@@ -1,0 +1,111 @@
+"""The oracle backend: a Backend that answers from a known trace instead of a model.
+
+It holds a trace's prompt as token ids (the context, then one id list per frame). Given a
+prompt, it finds how far the prompt has come through the trace and continues the trace's own
+tokens from there, up to a stop token, exactly as a perfect model would. Built from the real
+trace it scores 1.0 on every metric; built from a deliberately perturbed trace (a wrong local,
+a skipped step, a malformed frame) it scores the hand-countable lower values, which is how the
+metrics are tested.
+
+Positioning follows the prompt's frames by event: a prompt frame that forces a return where the
+trace has a call (the debugger's `next`) skips the callee's body to its return.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cwm.backends import Completion, Sampling, BackendError, cut_at_stop_string, encode_prompt, split_stops
+from cwm.trace.format import CALL, RETURN, Frame
+
+
+@dataclass
+class OracleBackend:
+    tokenizer: object
+    context_ids: list[int]  # <|begin_of_text|><|trace_context_start|>SOURCE<|frame_sep|>
+    frame_ids: list[list[int]]  # each frame's ids, ending with <|frame_sep|>
+    frames: list[Frame]  # the same frames, for their events and depths
+
+    def __post_init__(self):
+        tok = self.tokenizer
+        self.frame_sep = tok.special_id("<|frame_sep|>")
+        self.end_ids = [tok.special_id("<|end_of_text|>")]
+        self.event_of_id = {tok.special_id(f"<|{e}_sep|>"): e for e in ("call", "line", "return", "exception")}
+
+    @classmethod
+    def from_trace(cls, tokenizer, source: str, frames: list[Frame]) -> "OracleBackend":
+        from cwm.eval.tracetext import context_ids, frames_ids
+
+        return cls(tokenizer, context_ids(tokenizer, source), frames_ids(tokenizer, source, frames), list(frames))
+
+    def _stream(self, prompt: list[int]) -> list[int]:
+        n = len(self.context_ids)
+        if prompt[:n] != self.context_ids:
+            raise BackendError("the oracle only answers prompts that start with its trace's context")
+        pieces, current = [], []
+        for t in prompt[n:]:
+            current.append(t)
+            if t == self.frame_sep:
+                pieces.append(current)
+                current = []
+        # `current` is a forced start of the next frame (such as <|return_sep|>), or empty.
+        events = [self.event_of_id.get(p[0]) for p in pieces] + [self.event_of_id.get(current[0]) if current else None]
+        r = follow_real(self.frames, events)[-1]
+        if r >= len(self.frames):
+            return list(self.end_ids)
+        rest = [t for ids in self.frame_ids[r + 1:] for t in ids]
+        return self.frame_ids[r][len(current):] + rest + self.end_ids
+
+    def complete(self, prompt, stop=(), sampling=Sampling()) -> Completion:
+        ids = encode_prompt(self.tokenizer, prompt)
+        stop_ids, strings = split_stops(self.tokenizer, stop)
+        stream = self._stream(ids)
+        end = next((i + 1 for i, t in enumerate(stream) if t in stop_ids), len(stream))
+        tokens = stream[:min(end, sampling.max_new_tokens)]
+        cut = cut_at_stop_string(self.tokenizer, tokens, strings)
+        tokens = cut if cut is not None else tokens
+        stopped = cut is not None or (bool(tokens) and tokens[-1] in stop_ids)
+        return Completion(tokens, self.tokenizer.decode(tokens), "stop" if stopped else "length", len(ids))
+
+
+def matching_return(frames: list[Frame], call: int) -> int | None:
+    """Index of the return frame that ends the call at index `call`."""
+    depth = frames[call].depth
+    return next((j for j in range(call + 1, len(frames))
+                 if frames[j].event == RETURN and frames[j].depth == depth), None)
+
+
+def follow_real(real: list[Frame], events: list[str | None]) -> list[int]:
+    """Which real frame each of a sequence of frames (given by their events) stands for.
+
+    Frames follow the real trace one by one, except that a return right after a call, where the
+    real trace goes into the callee's body, stands for that call's own return: the debugger's
+    step over (`next`), which forces <|return_sep|> after a predicted call. An index past the
+    end means the real trace has ended.
+    """
+    out: list[int] = []
+    r = 0
+    for event in events:
+        prev = out[-1] if out else None
+        if (event == RETURN and prev is not None and prev < len(real) and real[prev].event == CALL
+                and r < len(real) and real[r].event != RETURN):
+            ret = matching_return(real, prev)
+            r = ret if ret is not None else r
+        out.append(r)
+        r += 1
+    return out
+
+
+@dataclass
+class OracleSet:
+    """Several oracles behind one backend: each prompt goes to the trace whose context it starts with."""
+
+    tokenizer: object
+    oracles: list[OracleBackend]
+
+    def complete(self, prompt, stop=(), sampling=Sampling()) -> Completion:
+        ids = encode_prompt(self.tokenizer, prompt)
+        for oracle in self.oracles:
+            if ids[: len(oracle.context_ids)] == oracle.context_ids:
+                return oracle.complete(ids, stop, sampling)
+        raise BackendError("no trace of this oracle matches the prompt's context")

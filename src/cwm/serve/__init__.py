@@ -1,0 +1,1 @@
+"""HTTP serving of local checkpoints: see cwm.serve.app."""

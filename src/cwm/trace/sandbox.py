@@ -1,0 +1,756 @@
+"""Run untrusted code (traced programs, generated solutions, agent commands) in a child process.
+
+    res = run_function(fn, *args, limits=Limits(timeout=5), **kwargs)   # fork of this warm process
+    res = run_command("pytest -q", cwd=workspace, limits=Limits())        # exec of a command
+
+How one run is built (root, the normal case on our machines; see docs/sandbox.md):
+
+    caller ──fork──► keeper = PID 1 of a new PID namespace (root, our code only)
+                       new mount, IPC and network namespaces; a size-bounded tmpfs on /tmp
+                       ──fork──► runner (PID 2)
+                                   rlimits (CPU, address space, open files, file size, processes)
+                                   cwd: the private /tmp (or the caller's workspace)
+                                   drop to a uid of its own (200000 + caller thread id), no new privileges
+                                   run fn / exec the command
+                       wait4(runner), report its exit status and CPU time, exit
+
+The caller never blocks forever: it reads every pipe through one selector until a wall-clock
+deadline and caps what it keeps. On a timeout it kills the keeper: a PID namespace dies with its
+PID 1, so the kernel kills everything the program started, however detached. The caller only
+ever signals its own unreaped child, never a pid that could have been reused. Results come back
+as a `SandboxResult`; nothing the child does raises in the caller, only a misuse of the API.
+"""
+
+from __future__ import annotations
+
+import builtins
+import ctypes
+import errno
+import io
+import os
+import pickle
+import resource
+import select
+import selectors
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+__all__ = ["Limits", "SandboxResult", "STATUSES", "run_function", "run_command", "allow_result_type"]
+
+# Every status a SandboxResult can have (docs/sandbox.md says what each means).
+STATUSES = (
+    "ok",  # fn returned / the command exited 0
+    "error",  # fn raised (error holds the traceback), or the command could not be started
+    "exit",  # the child exited without returning (os._exit, sys.exit) / the command exited non-zero
+    "timeout",  # wall clock ran out; the whole PID namespace was killed
+    "cpu_limit",  # RLIMIT_CPU: SIGXCPU, or SIGKILL at the hard limit
+    "memory",  # MemoryError in fn (RLIMIT_AS refused an allocation)
+    "file_limit",  # RLIMIT_FSIZE: a write past max_file_bytes (EFBIG or SIGXFSZ)
+    "open_files_limit",  # RLIMIT_NOFILE: EMFILE escaped fn
+    "process_limit",  # RLIMIT_NPROC: fork or thread start refused and not handled by fn
+    "recursion",  # RecursionError escaped fn
+    "output_limit",  # stdout or stderr passed max_output_bytes; output cut and the run stopped
+    "crash",  # killed by a fault signal (SIGSEGV, SIGBUS, SIGABRT, SIGILL, SIGFPE, ...)
+    "killed",  # killed by any other signal (e.g. it killed itself)
+)
+
+UID_BASE = 200_000  # runner uid = UID_BASE + the calling thread's id: unique among live sandboxes
+
+_CLONE_NEWIPC, _CLONE_NEWUSER, _CLONE_NEWPID, _CLONE_NEWNET = 0x08000000, 0x10000000, 0x20000000, 0x40000000
+_CLONE_NEWNS = 0x00020000
+_MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 0x2, 0x4, 0x1000, 0x4000, 0x40000
+_PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS = 1, 38
+_FAULT_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE, signal.SIGSYS,
+                  signal.SIGTRAP}
+_LEFTOVER_GRACE = 0.5  # seconds the pipes may stay open after the keeper has reported
+_EMERGENCY_BYTES = 1 << 20  # held by the runner, freed on MemoryError so the report can be written
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@dataclass
+class Limits:
+    timeout: float = 10.0  # wall clock, seconds; kills the whole PID namespace
+    cpu_seconds: int = 10  # RLIMIT_CPU
+    memory_bytes: int = 1 << 30  # RLIMIT_AS; for run_function, on top of the warm process's own size
+    max_processes: int = 16  # RLIMIT_NPROC of the runner's own uid: processes + threads, runner included
+    max_open_files: int = 256  # RLIMIT_NOFILE
+    max_file_bytes: int = 16 << 20  # RLIMIT_FSIZE
+    max_output_bytes: int = 1 << 20  # per stream; past it the output is cut, marked, and the run stopped
+    max_disk_bytes: int = 64 << 20  # size of the private tmpfs on /tmp (the cwd, unless run_command's cwd)
+    network: bool = False  # True: share the host's network (no new network namespace)
+
+
+@dataclass
+class SandboxResult:
+    status: str  # one of STATUSES
+    value: Any = None  # fn's return value (run_function, status "ok"); None otherwise
+    error: str | None = None  # human-readable reason when status != "ok"
+    stdout: str = ""
+    stderr: str = ""
+    returncode: int | None = None  # exit code, or -signal when killed by a signal
+    duration: float = 0.0  # wall-clock seconds, as seen by the caller
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+
+def run_function(fn: Callable[..., Any], *args: Any, limits: Limits | None = None, **kwargs: Any) -> SandboxResult:
+    """Run fn(*args, **kwargs) in a forked child under `limits`; its return value comes back pickled.
+
+    The child is a fork of this process, so fn needs no import and no pickling; only the return
+    value crosses back, and only types in the allow-list are unpickled (see allow_result_type).
+    The child starts with stdin at /dev/null, stdout/stderr captured, a private temp dir as cwd
+    (and as tempfile.gettempdir()), and none of this process's other open files.
+    """
+    return _run(limits or Limits(), _Job(fn=fn, args=args, kwargs=kwargs))
+
+
+def run_command(
+    cmd: str | list[str],
+    *,
+    cwd: str | os.PathLike | None = None,
+    limits: Limits | None = None,
+    input: str | None = None,
+    env: dict[str, str] | None = None,
+) -> SandboxResult:
+    """Run a shell command (str, through /bin/sh -c) or an argv list under `limits`.
+
+    cwd: a workspace directory the caller owns; the command may edit it. As root, the tree is
+    handed to the runner's uid for the run and given back to its owner afterwards (no symlink
+    is followed; hard-linked files are left alone). Without cwd: a private temp dir.
+    env: the whole environment; by default a minimal one (PATH, HOME and TMPDIR = the working
+    dir, LANG), so the caller's secrets (API keys) never reach the command.
+    """
+    if isinstance(cmd, str):
+        argv = ["/bin/sh", "-c", cmd]
+    else:
+        argv = [os.fspath(a) for a in cmd]
+        if not argv:
+            raise ValueError("run_command: the command is empty; pass a shell string or a non-empty argv list")
+    workspace = None
+    if cwd is not None:
+        workspace = os.path.realpath(os.fspath(cwd))
+        if not os.path.isdir(workspace):
+            raise NotADirectoryError(f"run_command: cwd {workspace!r} is not a directory; "
+                                     "create it or pass cwd=None")
+    job = _Job(argv=argv, workspace=workspace, env=env, input=None if input is None else input.encode())
+    return _run(limits or Limits(), job)
+
+
+# Classes the caller unpickles from a child's result. The child runs hostile code that can write
+# any bytes to the result pipe, so a plain pickle.loads would hand it code execution in the caller.
+_SAFE_GLOBALS: set[tuple[str, str]] = {
+    ("builtins", n)
+    for n in ("complex", "set", "frozenset", "range", "slice")  # not bytearray: bytearray(10**12) is a bomb
+} | {
+    ("collections", n) for n in ("OrderedDict", "defaultdict", "deque", "Counter")
+} | {
+    ("datetime", n) for n in ("date", "time", "datetime", "timedelta", "timezone")
+} | {("decimal", "Decimal"), ("fractions", "Fraction")} | {
+    ("cwm.trace.format", n) for n in ("Trace", "Frame")
+}
+
+
+def allow_result_type(cls: type) -> type:
+    """Let run_function return instances of `cls` (usable as a class decorator).
+
+    Only register plain data classes: unpickling may call cls(*args) with values the untrusted child chose.
+    """
+    _SAFE_GLOBALS.add((cls.__module__, cls.__qualname__))
+    return cls
+
+
+# ---------------------------------------------------------------------------------------------
+# The caller's side
+
+
+@dataclass
+class _Job:
+    fn: Callable[..., Any] | None = None
+    args: tuple = ()
+    kwargs: dict | None = None
+    argv: list[str] | None = None
+    workspace: str | None = None
+    env: dict[str, str] | None = None
+    input: bytes | None = None
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(f"cwm sandbox: {message}", RuntimeWarning, stacklevel=4)
+
+
+def _run(limits: Limits, job: _Job) -> SandboxResult:
+    _check_limits(limits)
+    start = time.monotonic()
+    is_root = os.geteuid() == 0
+    # A uid of its own for the runner, so RLIMIT_NPROC counts only its processes. Our thread id is
+    # unique among live threads, and a thread runs one sandbox at a time, all dead when it returns.
+    uid = UID_BASE + threading.get_native_id() if is_root else None
+    owner = None
+    if job.workspace is not None and is_root:
+        st = os.stat(job.workspace)
+        owner = (st.st_uid, st.st_gid)
+    # Flush our own buffers, or the child would write them out a second time.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    pipes = {name: os.pipe() for name in ("stdout", "stderr", "result", "status")}
+    stdin = os.pipe() if job.input is not None else None
+    # As root, the keeper is born as PID 1 of a new PID namespace: killing it kills everything inside.
+    pid_ns = is_root and _enter_new_pid_ns()
+    try:
+        keeper = os.fork()
+    except OSError:
+        if pid_ns:
+            _leave_new_pid_ns()
+        for r, w in list(pipes.values()) + ([stdin] if stdin else []):
+            os.close(r), os.close(w)
+        raise
+    if keeper == 0:  # never returns
+        _keeper(limits, job, uid, pipes, stdin)
+    if pid_ns:
+        _leave_new_pid_ns()
+    for _, w in pipes.values():
+        os.close(w)
+    if stdin:
+        os.close(stdin[0])
+    got = {name: bytearray() for name in pipes}
+    try:
+        reads = {n: r for n, (r, _) in pipes.items()}
+        killed_for = _collect(limits, job, keeper, pid_ns, reads, stdin and stdin[1], start, got)
+    finally:
+        _, keeper_status = os.waitpid(keeper, 0)
+        if owner is not None:
+            _hand_over(job.workspace, *owner)  # give the workspace back to its owner
+        report = _parse_status(bytes(got["status"]))
+        if report.get("host_tmpdir"):  # only where no private tmpfs could be mounted
+            shutil.rmtree(report["host_tmpdir"], ignore_errors=True)
+    res = _classify(limits, job, got, report, keeper_status, killed_for)
+    res.duration = time.monotonic() - start
+    return res
+
+
+_own_pid_ns: int | None = None  # fd of our PID namespace, to come back to after each fork
+
+
+def _enter_new_pid_ns() -> bool:
+    """Make this thread's next child PID 1 of a new PID namespace (unshare affects only children)."""
+    global _own_pid_ns
+    if _own_pid_ns is None:
+        _own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    if _libc.unshare(_CLONE_NEWPID) == 0:
+        return True
+    _warn_once(f"cannot create a PID namespace ({os.strerror(ctypes.get_errno())}); a timeout kills only "
+               "the child's process group, and processes that leave it survive")
+    return False
+
+
+def _leave_new_pid_ns() -> None:
+    if _libc.setns(_own_pid_ns, _CLONE_NEWPID) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"cwm sandbox: cannot return to our own PID namespace: {os.strerror(err)}")
+
+
+def _check_limits(limits: Limits) -> None:
+    for name, value in limits.__dict__.items():
+        if name == "network":
+            continue
+        if not isinstance(value, (int, float)) or value <= 0:
+            raise ValueError(f"Limits.{name} must be a positive number, got {value!r}")
+    if limits.max_open_files < 8:
+        raise ValueError(f"Limits.max_open_files must be at least 8 (the runner needs a few), "
+                         f"got {limits.max_open_files}")
+
+
+def _collect(limits, job, keeper, pid_ns, fds, stdin_w, start, got) -> str | None:
+    """Read every pipe into `got` until all are closed or the deadline; returns why we killed, if we did."""
+    sel = selectors.DefaultSelector()
+    caps = {"stdout": limits.max_output_bytes, "stderr": limits.max_output_bytes,
+            "result": limits.memory_bytes + (1 << 20), "status": 4096}
+    for name, fd in fds.items():
+        os.set_blocking(fd, False)
+        sel.register(fd, selectors.EVENT_READ, name)
+    pending_input = memoryview(job.input or b"")
+    if stdin_w is not None:
+        os.set_blocking(stdin_w, False)
+        sel.register(stdin_w, selectors.EVENT_WRITE, "stdin")
+    killed_for, deadline, finished = None, start + limits.timeout, False
+    try:
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                # After the keeper has reported, only leftovers of the runner (possible without a PID
+                # namespace) still hold the pipes: stop them, but the run itself finished in time.
+                killed_for = "leftovers" if "status" not in _open_names(sel) else "timeout"
+                break
+            for key, _ in sel.select(min(left, 1.0)):
+                name, fd = key.data, key.fd
+                if name == "stdin":
+                    try:
+                        pending_input = pending_input[os.write(fd, pending_input[: 1 << 16]):]
+                    except BrokenPipeError:
+                        pending_input = pending_input[:0]
+                    if not pending_input:
+                        sel.unregister(fd), os.close(fd)
+                    continue
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    sel.unregister(fd), os.close(fd)
+                    if name == "status":  # the keeper is gone: the rest closes now, or never
+                        deadline = min(deadline, time.monotonic() + _LEFTOVER_GRACE)
+                    continue
+                got[name] += chunk
+                if len(got[name]) > caps[name]:
+                    del got[name][caps[name]:]
+                    killed_for = f"output_limit:{name}" if name in ("stdout", "stderr") else f"result_flood:{name}"
+                    break
+            if killed_for:
+                break
+        finished = True
+    finally:
+        if killed_for or not finished:  # not finished: we are being interrupted (Ctrl-C)
+            # The keeper is our own unreaped child, so its pid cannot have been reused. As PID 1 its
+            # death kills the whole namespace; without one, kill the runner's process group first.
+            if not pid_ns:
+                runner = _parse_status(bytes(got["status"])).get("runner")
+                if runner:
+                    try:
+                        os.killpg(runner, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+            os.kill(keeper, signal.SIGKILL)
+            _drain(sel, got, caps, grace=2.0)
+        for key in list(sel.get_map().values()):
+            os.close(key.fd)
+        sel.close()
+    return killed_for
+
+
+def _open_names(sel: selectors.BaseSelector) -> set[str]:
+    return {key.data for key in sel.get_map().values()}
+
+
+def _drain(sel, got, caps, grace):
+    """After a kill: read what is left (status from the keeper), waiting a little for the pipes to close."""
+    end = time.monotonic() + grace
+    while sel.get_map() and time.monotonic() < end:
+        for key, _ in sel.select(max(0.0, end - time.monotonic())):
+            if key.data == "stdin":
+                sel.unregister(key.fd), os.close(key.fd)
+                continue
+            chunk = os.read(key.fd, 1 << 16)
+            if not chunk:
+                sel.unregister(key.fd), os.close(key.fd)
+            elif len(got[key.data]) < caps[key.data]:
+                got[key.data] += chunk[: caps[key.data] - len(got[key.data])]
+
+
+def _classify(limits, job, got, report, keeper_status, killed_for) -> SandboxResult:
+    stdout = _text(got["stdout"], limits, killed_for == "output_limit:stdout")
+    stderr = _text(got["stderr"], limits, killed_for == "output_limit:stderr")
+    res = SandboxResult("error", stdout=stdout, stderr=stderr)
+    for message in report.get("warnings", ()):
+        _warn_once(message)
+    if report.get("setup_error"):
+        res.error = f"the sandbox could not start the child: {report['setup_error']}"
+        return res
+    wait_status, cpu = report.get("wait"), report.get("cpu", 0.0)
+    if wait_status is not None:
+        if os.WIFSIGNALED(wait_status):
+            res.returncode = -os.WTERMSIG(wait_status)
+        elif os.WIFEXITED(wait_status):
+            res.returncode = os.WEXITSTATUS(wait_status)
+
+    if killed_for == "timeout":
+        res.status = "timeout"
+        res.error = f"the child ran past the {limits.timeout:g} s wall-clock limit and was killed"
+        return res
+    if killed_for and killed_for.startswith("output_limit"):
+        stream = killed_for.split(":")[1]
+        res.status = "output_limit"
+        res.error = (f"{stream} passed max_output_bytes={limits.max_output_bytes}; "
+                     "the output was cut and the child stopped")
+        return res
+    if killed_for and killed_for.startswith("result_flood"):
+        res.error = "the child flooded the result pipe past memory_bytes and was killed"
+        return res
+    if wait_status is None:  # the keeper died before reporting: only a signal from outside does that
+        res.status = "killed"
+        res.error = f"the sandbox keeper process died unexpectedly (wait status {keeper_status:#x})"
+        return res
+
+    if os.WIFSIGNALED(wait_status):
+        sig = os.WTERMSIG(wait_status)
+        name = _signal_name(sig)
+        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= limits.cpu_seconds):
+            res.status = "cpu_limit"
+            res.error = f"the child used {cpu:.1f} s of CPU, past cpu_seconds={limits.cpu_seconds}"
+        elif sig == signal.SIGXFSZ:
+            res.status = "file_limit"
+            res.error = f"the child wrote a file past max_file_bytes={limits.max_file_bytes}"
+        elif sig in _FAULT_SIGNALS:
+            res.status, res.error = "crash", f"the child crashed with {name}"
+            if sig == signal.SIGSEGV and job.fn:
+                res.error += " (for Python code, usually a C stack overflow from deep recursion)"
+        else:
+            res.status, res.error = "killed", f"the child was killed by {name}"
+        return res
+
+    code = res.returncode
+    if job.argv is not None:  # run_command
+        if got["result"]:  # the exec itself failed; the runner wrote why
+            res.status, res.error = "error", bytes(got["result"]).decode(errors="replace")
+        elif code == 0:
+            res.status = "ok"
+        else:
+            res.status, res.error = "exit", f"the command exited with code {code}"
+            if 128 < code < 128 + signal.NSIG:  # how a shell reports a process it ran that died by a signal
+                res.error += f" (a shell's 128 + {_signal_name(code - 128)}: a process it ran was killed)"
+        return res
+
+    if code == 0 and got["result"]:
+        try:
+            status, value, error = _SafeUnpickler(io.BytesIO(bytes(got["result"]))).load()
+        except Exception as e:  # forged or cut by the child: report, never trust
+            res.error = f"the child's result could not be read: {e}"
+            return res
+        if status not in STATUSES:
+            res.error = f"the child's result had an unknown status {status!r}"
+            return res
+        res.status, res.value, res.error = status, value, error
+        if status == "exit":
+            res.returncode, res.value = value if isinstance(value, int) else 1, None
+        return res
+    res.status = "exit"
+    res.error = f"the child exited with code {code} without returning (os._exit or similar)"
+    return res
+
+
+def _text(data: bytearray, limits: Limits, cut: bool) -> str:
+    text = bytes(data).decode("utf-8", errors="replace")
+    if cut:
+        text += f"\n[cwm sandbox: output cut at {limits.max_output_bytes} bytes]\n"
+    return text
+
+
+def _parse_status(data: bytes) -> dict:
+    """The keeper's reports: newline-separated `key=value` lines (plain text, never unpickled)."""
+    report: dict = {"warnings": []}
+    for line in data.decode(errors="replace").splitlines():
+        key, _, value = line.partition("=")
+        if key == "warning":
+            report["warnings"].append(value)
+        elif key == "setup_error":
+            report["setup_error"] = value
+        elif key == "host_tmpdir":
+            report["host_tmpdir"] = value
+        elif key == "runner":
+            report["runner"] = int(value)
+        elif key == "wait":
+            status, cpu = value.split(",")
+            report["wait"], report["cpu"] = int(status), float(cpu)
+    return report
+
+
+def _signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _SAFE_GLOBALS or (module == "builtins" and _is_builtin_exception(name)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"the return value holds a {module}.{name}, which the sandbox does not unpickle; return plain data "
+            "(numbers, strings, lists, dicts, ...) or register the class with cwm.trace.sandbox.allow_result_type"
+        )
+
+
+def _is_builtin_exception(name: str) -> bool:
+    obj = getattr(builtins, name, None)
+    return isinstance(obj, type) and issubclass(obj, BaseException)
+
+
+def _hand_over(root: str, uid: int, gid: int) -> None:
+    """chown a tree without following symlinks; hard-linked files are skipped (they could be links
+    the child made to files outside the tree)."""
+    os.chown(root, uid, gid, follow_symlinks=False)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(path)
+                if (st.st_uid, st.st_gid) != (uid, gid) and (st.st_nlink == 1 or name in dirnames):
+                    os.chown(path, uid, gid, follow_symlinks=False)
+            except FileNotFoundError:
+                pass
+
+
+# ---------------------------------------------------------------------------------------------
+# The keeper: a root-side helper that owns the namespaces and reports the runner's fate.
+# Everything below runs in forked children and must end in os._exit.
+
+_STDIN, _STDOUT, _STDERR, _RESULT, _STATUS = 0, 1, 2, 3, 4
+
+
+def _keeper(limits, job, uid, pipes, stdin) -> None:
+    try:
+        # Keep only the fds we need, at fixed numbers; the rest of the caller's files stay out.
+        targets = {pipes["stdout"][1]: _STDOUT, pipes["stderr"][1]: _STDERR,
+                   pipes["result"][1]: _RESULT, pipes["status"][1]: _STATUS}
+        moved = {fd: os.dup(fd) for fd in targets}  # dup first: a target number may already be in use
+        moved_stdin = os.dup(stdin[0]) if stdin else os.open(os.devnull, os.O_RDONLY)
+        os.dup2(moved_stdin, _STDIN)
+        for fd, target in targets.items():
+            os.dup2(moved[fd], target)
+        os.closerange(_STATUS + 1, _max_fd())
+        status = os.fdopen(_STATUS, "w", buffering=1)
+
+        for message in _unshare(limits, is_root=uid is not None):
+            status.write(f"warning={message}\n")
+        if uid is not None and job.workspace:
+            _hand_over(job.workspace, uid, uid)
+        tmpdir = _private_tmp(limits, uid, status, job.workspace)
+        workdir = job.workspace or tmpdir
+
+        lifeline_r, lifeline_w = os.pipe()
+        runner = os.fork()
+        if runner == 0:
+            os.close(_STATUS)
+            os.close(lifeline_w)
+            _runner(limits, job, workdir, tmpdir, uid, lifeline_r)
+        os.close(lifeline_r)
+        status.write(f"runner={runner}\n")
+        for fd in (_STDIN, _STDOUT, _STDERR, _RESULT):
+            os.close(fd)
+        _, wait_status, usage = os.wait4(runner, 0)
+        status.write(f"wait={wait_status},{usage.ru_utime + usage.ru_stime}\n")
+        status.flush()
+    except BaseException as e:
+        try:
+            os.write(_STATUS, f"setup_error={type(e).__name__}: {e}\n".encode())
+        except OSError:
+            pass
+    finally:
+        os._exit(0)
+
+
+def _max_fd() -> int:
+    try:
+        return os.sysconf("SC_OPEN_MAX")
+    except (ValueError, OSError):
+        return 1 << 16
+
+
+def _unshare(limits: Limits, is_root: bool) -> list[str]:
+    """New mount, IPC and (unless limits.network) network namespaces for the keeper and the runner.
+
+    Not root: inside an unprivileged user namespace, where the machine allows one. Returns warnings."""
+    notes = [] if is_root else ["not root: no PID namespace and no process bound (max_processes); the child "
+                                "runs under your own uid, and a timeout kills only its process group"]
+    if not is_root and _libc.unshare(_CLONE_NEWUSER) == 0:
+        _map_own_ids()
+    wanted = [(_CLONE_NEWNS, "mount", "the private temp dir is on the host disk, bounded per file only"),
+              (_CLONE_NEWIPC, "IPC", "SysV IPC objects can outlive the child")]
+    if not limits.network:
+        wanted.append((_CLONE_NEWNET, "network", "the child HAS network access"))
+    for flag, name, consequence in wanted:  # one by one: a machine may allow some and not others
+        if _libc.unshare(flag) != 0:
+            notes.append(f"cannot create a {name} namespace ({os.strerror(ctypes.get_errno())}); {consequence}")
+    return notes
+
+
+_TEMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")  # world-writable: shared by every uid
+
+
+def _private_tmp(limits: Limits, uid: int | None, status, workspace: str | None) -> str:
+    """A fresh tmpfs of max_disk_bytes on /tmp (and the other world-writable temp dirs), private to
+    this mount namespace: it bounds what the child can write there, and vanishes with it. Where it
+    cannot be mounted, a directory on the host, which the caller removes afterwards."""
+    owner = f",uid={uid},gid={uid}" if uid is not None else ""
+    options = f"size={limits.max_disk_bytes},mode=1777{owner}".encode()
+    hidden = workspace and any(workspace.startswith(d + "/") for d in _TEMP_DIRS)
+    keep = os.open(workspace, os.O_PATH | os.O_DIRECTORY) if hidden else None
+    # Private propagation first, or our mounts would appear in the host's mount namespace.
+    if (_libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) == 0
+            and _libc.mount(b"tmpfs", b"/tmp", b"tmpfs", _MS_NOSUID | _MS_NODEV, options) == 0):
+        for other in _TEMP_DIRS[1:]:  # one budget for all of them
+            if os.path.isdir(other):
+                _libc.mount(b"/tmp", other.encode(), None, _MS_BIND, None)
+        if keep is not None:  # the workspace lived under a temp dir: put it back at the same path
+            os.makedirs(workspace)
+            if _libc.mount(f"/proc/self/fd/{keep}".encode(), workspace.encode(), None, _MS_BIND | _MS_REC, None):
+                raise OSError(ctypes.get_errno(), f"cannot mount the workspace {workspace} back in the sandbox")
+            os.close(keep)
+        return "/tmp"
+    tmpdir = tempfile.mkdtemp(prefix="cwm-sandbox-")
+    status.write(f"host_tmpdir={tmpdir}\n")
+    if uid is not None:
+        os.chown(tmpdir, uid, uid)
+    return tmpdir
+
+
+def _map_own_ids() -> None:
+    """In a fresh user namespace, keep our uid and gid as they are outside (best effort: unmapped,
+    they only read as 65534 inside, and files still belong to us)."""
+    uid, gid = os.geteuid(), os.getegid()
+    try:
+        for path, text in (("uid_map", f"{uid} {uid} 1"), ("setgroups", "deny"), ("gid_map", f"{gid} {gid} 1")):
+            with open(f"/proc/self/{path}", "w") as f:
+                f.write(text)
+    except OSError:
+        pass
+
+
+def _runner(limits, job, workdir, tmpdir, uid, lifeline_r) -> None:
+    try:
+        os.setsid()  # own process group and session: kill(0, ...) stays inside
+        signal.signal(signal.SIGXCPU, signal.SIG_DFL)  # the CPU limit must kill, even if our caller ignores it
+        os.chdir(workdir)  # before dropping root: the workspace's parents may be closed to the runner
+        _set_limits(limits, uid is not None, fork_mode=job.fn is not None)
+        if uid is not None:
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+        _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # no setuid binary gives root back
+        # Die with the keeper (set after setuid, which clears it); if the keeper is already gone, go.
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if select.select([lifeline_r], [], [], 0)[0]:
+            os._exit(1)
+        os.close(lifeline_r)
+        if job.fn is not None:
+            _run_fn(job, tmpdir)
+        else:
+            _exec(job, workdir, tmpdir)
+    except BaseException as e:
+        try:
+            os.write(_STDERR, f"cwm sandbox: the runner failed around the program: {e!r}\n".encode())
+        finally:
+            os._exit(126)
+
+
+def _set_limits(limits: Limits, is_root: bool, fork_mode: bool) -> None:
+    address_space = limits.memory_bytes
+    if fork_mode:  # the fork already holds the warm process's mappings; memory_bytes comes on top
+        with open("/proc/self/statm") as f:
+            address_space += int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    wanted = [
+        (resource.RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds + 1),  # SIGXCPU first, SIGKILL 1 s later
+        (resource.RLIMIT_AS, address_space, address_space),
+        (resource.RLIMIT_NOFILE, limits.max_open_files, limits.max_open_files),
+        (resource.RLIMIT_FSIZE, limits.max_file_bytes, limits.max_file_bytes),
+        (resource.RLIMIT_CORE, 0, 0),
+    ]
+    if is_root:  # per-uid count: only meaningful for the runner's own fresh uid
+        wanted.append((resource.RLIMIT_NPROC, limits.max_processes, limits.max_processes))
+    for which, soft, hard in wanted:
+        _, old_hard = resource.getrlimit(which)
+        if old_hard != resource.RLIM_INFINITY:
+            soft, hard = min(soft, old_hard), min(hard, old_hard)
+        resource.setrlimit(which, (int(soft), int(hard)))
+
+
+def _run_fn(job: _Job, tmpdir: str) -> None:
+    me = os.getpid()
+    # Fresh text streams on fds 1 and 2 (the caller's sys.stdout may be a pytest or Jupyter object).
+    sys.stdout = open(_STDOUT, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
+    sys.stderr = open(_STDERR, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
+    sys.stdin = open(_STDIN, "r", closefd=False)
+    os.environ.update(TMPDIR=tmpdir, HOME=tmpdir)
+    tempfile.tempdir = tmpdir
+    reserve = bytes(_EMERGENCY_BYTES)  # address space to give back on MemoryError (calloc: no page touched)
+    try:
+        message = ("ok", job.fn(*job.args, **(job.kwargs or {})), None)
+    except BaseException as e:
+        del reserve  # room to format the report after a MemoryError
+        if os.getpid() != me:  # a process fn forked: let it end quietly, it has no result to give
+            _flush_and_exit(1)
+        message = _exception_message(e)
+    if os.getpid() != me:
+        _flush_and_exit(0)
+    try:
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    except BaseException as e:
+        data = pickle.dumps(("error", None, f"the return value could not be pickled: {type(e).__name__}: {e}"))
+    _flush_streams()
+    with open(_RESULT, "wb", closefd=False) as f:
+        f.write(data)
+    os._exit(0)
+
+
+def _exception_message(e: BaseException) -> tuple[str, Any, str]:
+    if isinstance(e, SystemExit):
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if e.code is not None and not isinstance(e.code, int):
+            print(e.code, file=sys.stderr)
+        return ("exit", code, f"the program called sys.exit({e.code!r})")
+    if isinstance(e, MemoryError):
+        traceback.clear_frames(e.__traceback__)  # drop the frames' locals (the bomb itself)
+    status = (
+        "memory" if isinstance(e, MemoryError)
+        else "recursion" if isinstance(e, RecursionError)
+        else "file_limit" if isinstance(e, OSError) and e.errno == errno.EFBIG
+        else "open_files_limit" if isinstance(e, OSError) and e.errno == errno.EMFILE
+        else "process_limit" if (isinstance(e, OSError) and e.errno == errno.EAGAIN)
+        or (isinstance(e, RuntimeError) and "can't start new thread" in str(e))
+        else "error"
+    )
+    try:
+        text = "".join(traceback.format_exception(e))
+    except BaseException:
+        text = f"{type(e).__name__}: (the traceback could not be formatted)"
+    return (status, None, text)
+
+
+def _flush_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
+
+
+def _flush_and_exit(code: int) -> None:
+    _flush_streams()
+    os._exit(code)
+
+
+def _exec(job: _Job, workdir: str, tmpdir: str) -> None:
+    os.set_inheritable(_RESULT, False)  # closed by a successful exec; carries the error otherwise
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores these; commands expect the defaults
+        signal.signal(sig, signal.SIG_DFL)
+    env = job.env
+    if env is None:
+        env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": workdir, "TMPDIR": tmpdir,
+               "LANG": "C.UTF-8", "TERM": "dumb"}
+    program = job.argv[0]
+    if os.sep not in program:  # resolve it as the runner sees PATH (some entries may be closed to it)
+        program = shutil.which(program, path=env.get("PATH", os.defpath)) or program
+    try:
+        os.execve(program, job.argv, env)
+    except OSError as e:
+        os.write(_RESULT, f"cannot run {job.argv[0]!r}: {e.strerror}; check the command and PATH".encode())
+        os._exit(127)

@@ -1,0 +1,237 @@
+"""Values as bounded `repr` strings, and a fingerprint that sees changes the text cannot show.
+
+The rule (docs/trace-format.md): a value's text is its exact `repr()` when that has at most
+`limit` characters, else the first `limit` characters of that repr followed by "...". The
+prefix is built by walking builtin containers and slicing strings, so the cost per value is
+O(limit), never O(size): a list that grows inside a loop does not make tracing quadratic.
+A truncated value also gets a fingerprint of the *whole* value (a hash of its pickle, C speed),
+so a change hidden in the elided part still counts as a change.
+
+A user-defined `__repr__` (or `__reduce__`, used by the fingerprint) runs under a wall-clock
+timer; when it raises or runs too long its text is a marker such as
+`<repr of Foo raised ValueError: boom>` or `<repr of Foo timed out>`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import signal
+from collections import Counter, OrderedDict, defaultdict, deque
+
+DEFAULT_LIMIT = 1000  # characters of repr kept per value
+DEFAULT_REPR_TIMEOUT = 0.1  # seconds a user-defined __repr__ may run
+ELLIPSIS = "..."
+
+# Types whose repr is short (or sliced by us) and can run no user code.
+_ATOMS = frozenset({int, float, complex, bool, type(None), type(Ellipsis), range})
+
+
+class _Timeout(BaseException):
+    """Raised by the SIGALRM handler inside a user-defined __repr__ that ran too long."""
+
+
+class ValueRenderer:
+    """Renders values as bounded repr strings; one per traced run.
+
+    `guard_user_code` arms a SIGALRM timer around user-defined methods; it needs the main
+    thread (signals), so the recorder turns it off elsewhere.
+    """
+
+    def __init__(self, limit: int = DEFAULT_LIMIT, repr_timeout: float = DEFAULT_REPR_TIMEOUT, guard_user_code: bool = True):
+        if limit < 1:
+            raise ValueError(f"value limit must be at least 1 character, got {limit}")
+        self.limit = limit
+        self.repr_timeout = repr_timeout
+        self.guard_user_code = guard_user_code
+        self._in_user_code = False
+        self._old_handler = None
+
+    # -- the timer around user code ---------------------------------------------------------
+    def __enter__(self) -> "ValueRenderer":
+        if self.guard_user_code:
+            self._old_handler = signal.signal(signal.SIGALRM, self._on_alarm)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.guard_user_code:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._old_handler)
+
+    def _on_alarm(self, signum, frame) -> None:
+        if self._in_user_code:  # a late alarm outside user code is ignored
+            raise _Timeout
+
+    def _user_call(self, what: str, fn, value):
+        """Call fn(value) (user code); return (result, None) or (None, marker text)."""
+        name = type(value).__name__
+        armed = self.guard_user_code
+        if armed:
+            # re-fires every timeout, so a repr that swallows one exception still stops
+            signal.setitimer(signal.ITIMER_REAL, self.repr_timeout, self.repr_timeout)
+        self._in_user_code = True
+        try:
+            return fn(value), None
+        except _Timeout:
+            return None, f"<{what} of {name} timed out>"
+        except BaseException as e:  # SystemExit or KeyboardInterrupt from a repr, too
+            return None, f"<{what} of {name} raised {type(e).__name__}: {_first_line(e)}>"
+        finally:
+            self._in_user_code = False
+            if armed:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+
+    # -- text ---------------------------------------------------------------------------------
+    def render(self, value) -> tuple[str, bool]:
+        """(text, truncated): the exact repr, or its first `limit` characters + "..."."""
+        parts: list[str] = []
+        left = self._walk(value, parts, self.limit + 1, set())
+        text = "".join(parts)
+        if left > 0:
+            return text, False
+        return text[: self.limit] + ELLIPSIS, True
+
+    def fingerprint(self, value) -> bytes | None:
+        """A digest of the whole value, or None when it cannot be pickled (then: always changed)."""
+        data, failed = self._user_call("pickle", _pickle, value)
+        if failed:
+            return None
+        return hashlib.blake2b(data, digest_size=16).digest()
+
+    def _walk(self, v, out: list[str], budget: int, active: set[int]) -> int:
+        """Append the repr of v to out until budget characters are written; return budget left."""
+        t = type(v)
+        if t in _ATOMS:
+            if t is int and v.bit_length() > 3.33 * budget + 64:
+                # only its leading digits would show: render them without a huge conversion
+                return _emit(out, _int_prefix(v, budget), budget)
+            return _emit(out, repr(v), budget)
+        if t is str or t is bytes:
+            return _emit(out, _sliced_repr(v, budget), budget)
+        if t in (list, tuple, set, frozenset, dict, deque, defaultdict, OrderedDict, Counter):
+            if id(v) in active:  # a container inside itself: CPython writes [...] / {...}
+                return _emit(out, _RECURSION[t], budget)
+            active.add(id(v))
+            try:
+                return self._walk_container(t, v, out, budget, active)
+            finally:
+                active.discard(id(v))
+        # Anything else may run user code, even with a C-level repr (a list subclass holding
+        # user objects, an exception with user arguments): always under the timer.
+        text, failed = self._user_call("repr", repr, v)
+        return _emit(out, failed or _as_text(text, v), budget)
+
+    def _walk_container(self, t, v, out, budget, active) -> int:
+        if t is list:
+            return self._items(v, "[", "]", out, budget, active)
+        if t is tuple:
+            if len(v) == 1:
+                return self._items(v, "(", ",)", out, budget, active)
+            return self._items(v, "(", ")", out, budget, active)
+        if t is set or t is frozenset:
+            if not v:
+                return _emit(out, f"{t.__name__}()", budget)
+            if t is set:
+                return self._items(v, "{", "}", out, budget, active)
+            return self._items(v, "frozenset({", "})", out, budget, active)
+        if t is dict:
+            return self._pairs(v, "{", "}", out, budget, active)
+        if t is deque:
+            close = "])" if v.maxlen is None else f"], maxlen={v.maxlen})"
+            return self._items(v, "deque([", close, out, budget, active)
+        if t is defaultdict:
+            budget = _emit(out, "defaultdict(", budget)
+            if budget > 0:
+                budget = self._walk(v.default_factory, out, budget, active)
+            return self._pairs(v, ", {", "})", out, budget, active) if budget > 0 else budget
+        if t is OrderedDict:  # 3.11: OrderedDict([('a', 1)])
+            if not v:
+                return _emit(out, "OrderedDict()", budget)
+            return self._items(list(v.items()), "OrderedDict([", "])", out, budget, active)
+        # Counter (3.11): Counter({...}) in most_common order
+        if not v:
+            return _emit(out, "Counter()", budget)
+        try:
+            d = dict(v.most_common())
+        except TypeError:
+            d = dict(v)
+        return self._pairs(d, "Counter({", "})", out, budget, active)
+
+    def _items(self, items, open_, close, out, budget, active) -> int:
+        budget = _emit(out, open_, budget)
+        first = True
+        for x in items:
+            if budget <= 0:
+                return budget
+            if not first:
+                budget = _emit(out, ", ", budget)
+            first = False
+            budget = self._walk(x, out, budget, active)
+        return _emit(out, close, budget) if budget > 0 else budget
+
+    def _pairs(self, d, open_, close, out, budget, active) -> int:
+        budget = _emit(out, open_, budget)
+        first = True
+        for k, x in d.items():
+            if budget <= 0:
+                return budget
+            if not first:
+                budget = _emit(out, ", ", budget)
+            first = False
+            budget = self._walk(k, out, budget, active)
+            if budget > 0:
+                budget = _emit(out, ": ", budget)
+                budget = self._walk(x, out, budget, active)
+        return _emit(out, close, budget) if budget > 0 else budget
+
+
+_RECURSION = {
+    list: "[...]", tuple: "(...)", dict: "{...}", set: "set(...)", frozenset: "frozenset(...)",
+    deque: "[...]", defaultdict: "{...}", OrderedDict: "...", Counter: "...",
+}
+
+
+def _emit(out: list[str], s: str, budget: int) -> int:
+    if len(s) > budget:
+        s = s[:budget]
+    out.append(s)
+    return budget - len(s)
+
+
+def _pickle(value) -> bytes:
+    return pickle.dumps(value, protocol=5)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).splitlines()
+    return text[0][:200] if text else ""
+
+
+def _as_text(text, value) -> str:
+    if isinstance(text, str):
+        return text
+    return f"<repr of {type(value).__name__} returned {type(text).__name__}, not str>"
+
+
+def _sliced_repr(s: str | bytes, budget: int) -> str:
+    """A prefix (at least `budget` characters when that long) of repr(s), in O(budget)."""
+    if len(s) <= budget:
+        return repr(s)
+    head = s[: budget + 1]
+    # repr picks double quotes iff the text has ' and no ": decide on the whole string, then
+    # force that choice on the slice by appending the other quote character and dropping it.
+    if isinstance(s, bytes):
+        double = b"'" in s and b'"' not in s
+        text = repr(head + (b"'" if double else b'"'))
+    else:
+        double = "'" in s and '"' not in s
+        text = repr(head + ("'" if double else '"'))
+    return text[:-2]
+
+
+def _int_prefix(v: int, budget: int) -> str:
+    """The leading characters of repr(v) for a huge int, without converting all its digits."""
+    digits = int(v.bit_length() * 0.30102999566398) + 1  # >= number of decimal digits - 1
+    drop = max(0, digits - budget - 10)
+    head = abs(v) // (10**drop)  # leading >= budget digits; the exact prefix of str(abs(v))
+    return ("-" if v < 0 else "") + str(head)

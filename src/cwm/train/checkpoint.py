@@ -1,0 +1,154 @@
+"""Training checkpoints: the model in its Hugging Face layout plus the state to resume exactly.
+
+    RUN/checkpoints/step_00000100/
+        config.json, model*.safetensors     cwm.model.save_pretrained (loads in transformers too)
+        trainer_state.pt                    optimizer, scheduler, data position, RNG states, step
+    RUN/final/                              the same, written when the run ends
+
+A checkpoint is built under `NAME.tmp`, every file fsynced, then renamed into place, so a run killed
+at any moment leaves only complete checkpoints (and perhaps a `.tmp` that the next save removes).
+States come from torch.distributed.checkpoint's full-state-dict API, which gives the same plain
+names (no DDP `module.`, no wrapper prefixes) for one process, DDP and FSDP2 alike.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from cwm.train.distributed import DistInfo, barrier
+
+STATE_FILE = "trainer_state.pt"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, model, model_config, optimizer, scheduler, sampler, step: int, info: DistInfo) -> Path:
+    """Collective: every rank calls it; rank 0 writes `path` atomically."""
+    from cwm.model import Transformer, save_pretrained
+
+    weights = get_model_state_dict(model, options=_FULL)
+    optim_state = get_optimizer_state_dict(model, optimizer, options=_FULL)
+    rng = [None] * info.world_size
+    if info.enabled:
+        dist.all_gather_object(rng, rng_state())
+    else:
+        rng = [rng_state()]
+    if info.is_main:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        with torch.device("meta"):
+            plain = Transformer(model_config)
+        plain.load_state_dict(weights, assign=True)
+        save_pretrained(plain, tmp)
+        torch.save(
+            {
+                "step": step,
+                "optimizer": optim_state,
+                "scheduler": scheduler.state_dict(),
+                "data": sampler.state_dict(),
+                "rng": rng,
+            },
+            tmp / STATE_FILE,
+        )
+        _fsync_tree(tmp)
+        old = path.with_name(path.name + ".old")  # only `final` is ever rewritten
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    barrier()
+    return path
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, sampler, info: DistInfo) -> int:
+    """Restore everything `save_checkpoint` wrote into the (wrapped) model and trainer objects."""
+    from cwm.model import load_pretrained
+
+    path = Path(path)
+    weights = load_pretrained(path, device="cpu").state_dict()
+    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
+    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+    scheduler.load_state_dict(state["scheduler"])
+    sampler.load_state_dict(state["data"])
+    rng = state["rng"]
+    set_rng_state(rng[info.rank] if len(rng) == info.world_size else rng[0])
+    return int(state["step"])
+
+
+def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete step checkpoints of a run, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and (p / STATE_FILE).is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = step_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def step_path(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step_{step:08d}"
+
+
+def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
+    for _, p in step_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(p, ignore_errors=True)
+    for tmp in (Path(run_dir) / "checkpoints").glob("*.tmp"):  # left by a run killed mid-save
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fsync_tree(root: Path) -> None:
+    for p in root.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(root)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

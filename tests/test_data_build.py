@@ -1,0 +1,147 @@
+"""The dataset builder on real traced programs: records, shards, resume after kill -9, hostile code."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from cwm.data.build import BuildError, BuildParams, build, row_to_trace
+from cwm.data.stats import PROMISED, dataset_stats
+from cwm.data.synth import generate
+from cwm.trace.format import to_cwm_text
+
+SMALL = dict(max_events=2000, max_bytes=200_000, timeout=3.0, decontaminate=())
+
+
+def records(out):
+    manifest = json.loads((out / "manifest.json").read_text())
+    return [row for name in sorted(manifest["shards"]) for row in pq.read_table(out / name).to_pylist()]
+
+
+def key(rows):
+    return [(r["index"], r["id"], r["status"], r["cwm_text"]) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def synth_build(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    build(out, BuildParams(source="synth", n=24, seed=0, shard_size=8, **SMALL), workers=1, progress=False)
+    return out
+
+
+def test_a_synth_build_writes_traced_records_in_shards(synth_build):
+    manifest = json.loads((synth_build / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["num_shards"] == 3
+    assert sorted(manifest["shards"]) == ["shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet"]
+    rows = records(synth_build)
+    programs = generate(0, 24)
+    assert [r["index"] for r in rows] == list(range(24))
+    assert [(r["source"], r["call"]) for r in rows] == [(p.source, p.call) for p in programs]
+    assert {r["status"] for r in rows} == {"ok"}
+    for row in rows:
+        assert row["cwm_text"].startswith("<|begin_of_text|><|trace_context_start|>")
+        assert row["cwm_text"].endswith("<|end_of_text|>")
+        assert row["num_events"] == len(row["frames"]) > 0
+        assert row["num_bytes"] == len(row["cwm_text"].encode())
+        # the structured frames are the same trace as the text
+        assert to_cwm_text(row_to_trace(row)) == row["cwm_text"]
+    # the return value is the real one
+    namespace = {}
+    exec(programs[5].source, namespace)
+    assert rows[5]["return_value"] == repr(eval(programs[5].call, namespace))
+
+
+def test_statistics_report_statuses_events_and_constructs(synth_build):
+    stats = dataset_stats(synth_build)
+    assert stats["records"] == 24 and stats["statuses"] == {"ok": 24}
+    assert 0 < stats["events"]["min"] <= stats["events"]["median"] <= stats["events"]["max"]
+    assert {"FunctionDef", "For", "If", "Return"} <= set(stats["constructs"])
+    assert set(stats["missing_constructs"]) < set(PROMISED)  # 24 programs cover most, not necessarily all
+    run = subprocess.run([sys.executable, "-m", "cwm", "data", "stats", str(synth_build)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "24 records" in run.stdout and "constructs covered" in run.stdout
+
+
+def test_two_workers_give_the_same_records(synth_build, tmp_path):
+    build(tmp_path, BuildParams(source="synth", n=24, seed=0, shard_size=8, **SMALL), workers=2, progress=False)
+    assert key(records(tmp_path)) == key(records(synth_build))
+
+
+def test_a_rerun_with_other_parameters_is_refused(synth_build):
+    with pytest.raises(BuildError, match=r"other parameters \(seed: 0 then 1\)"):
+        build(synth_build, BuildParams(source="synth", n=24, seed=1, shard_size=8, **SMALL), progress=False)
+    # the same parameters: nothing to do, nothing changes
+    before = {p.name: p.stat().st_mtime_ns for p in synth_build.glob("shard-*")}
+    build(synth_build, BuildParams(source="synth", n=24, seed=0, shard_size=8, **SMALL), progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in synth_build.glob("shard-*")} == before
+
+
+def _cli_build(out, n):
+    return [sys.executable, "-m", "cwm", "data", "build", "--source", "synth", "--n", str(n), "--out", str(out),
+            "--shard-size", "4", "--max-events", "2000", "--timeout", "3", "--decontaminate", "none", "--quiet"]
+
+
+def test_kill_minus_9_then_rerun_gives_exactly_the_uninterrupted_records(tmp_path):
+    n = 60
+    reference = tmp_path / "reference"
+    build(reference, BuildParams(source="synth", n=n, seed=0, shard_size=4, max_events=2000, timeout=3.0, decontaminate=()), progress=False)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_cli_build(out, n), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    manifest = out / "manifest.json"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if len(json.loads(manifest.read_text())["shards"]) >= 2:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # the build and every process it started, mid-run
+    proc.wait()
+    killed_at = json.loads(manifest.read_text())
+    assert not killed_at["complete"] and 2 <= len(killed_at["shards"]) < 15
+    rerun = subprocess.run(_cli_build(out, n), capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(manifest.read_text())["complete"]
+    assert key(records(out)) == key(records(reference))  # none lost, none twice
+    assert not list(out.glob(".*tmp"))
+
+
+HOSTILE = {
+    "infinite_loop": ("def f():\n    while True:\n        pass\n", "f()"),
+    "memory_bomb": ("def f():\n    x = [0] * (10 ** 10)\n    return len(x)\n", "f()"),
+    "huge_output": ("def f():\n    while True:\n        print('x' * 100000)\n", "f()"),
+    "os_exit": ("import os\n\ndef f():\n    os._exit(3)\n", "f()"),
+    "settrace_none": ("import sys\n\ndef f():\n    sys.settrace(None)\n    x = 1\n    return x\n", "f()"),
+    "repr_loops": ("class A:\n    def __repr__(self):\n        while True:\n            pass\n\ndef f():\n    a = A()\n    return 1\n", "f()"),
+    "deep_recursion": ("def f(n=0):\n    return f(n + 1)\n", "f()"),
+}
+
+
+def test_hostile_programs_get_their_status_and_no_good_record_is_lost(synth_build, tmp_path):
+    good = generate(0, 24)
+    rows = []
+    for i, p in enumerate(good):
+        rows.append({"source": p.source, "call": p.call, "origin": "synth"})
+        if i % 3 == 0 and i // 3 < len(HOSTILE):
+            name = list(HOSTILE)[i // 3]
+            rows.append({"source": HOSTILE[name][0], "call": HOSTILE[name][1], "origin": f"hostile:{name}"})
+    programs = tmp_path / "programs.jsonl"
+    programs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "mixed"
+    started = time.monotonic()
+    build(out, BuildParams(source=f"programs:{programs}", shard_size=8, **SMALL), workers=2, progress=False)
+    assert time.monotonic() - started < 60
+    got = records(out)
+    assert len(got) == len(rows)
+    statuses = {r["origin"].split(":")[1]: r["status"] for r in got if r["origin"].startswith("hostile:")}
+    assert set(statuses) == set(HOSTILE)
+    for name, status in statuses.items():
+        assert status != "ok" or name == "settrace_none", (name, status)
+    assert statuses["os_exit"] == "exit"
+    good_rows = [r for r in got if r["origin"] == "synth"]
+    assert [r["cwm_text"] for r in good_rows] == [r["cwm_text"] for r in records(synth_build)]

@@ -1,0 +1,119 @@
+"""KV cache and sampling on a real tiny model: cached decoding equals uncached decoding."""
+
+import math
+
+import pytest
+import torch
+
+from cwm.model import Transformer, generate, get_preset, sample
+from cwm.model.cache import KVCache
+
+CFG = get_preset("cwm-tiny", sliding_window=16, max_seq_len=256)  # a small window the tests cross often
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = Transformer(CFG)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # unit-scale weights: confident, varied predictions
+        for name, p in m.named_parameters():
+            if not name.endswith("norm.weight"):
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1]) * 1.5)
+    return m.eval()
+
+
+def greedy_uncached(model, prompt, n):
+    tokens = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            tokens.append(int(model(torch.tensor([tokens]))[0, -1].argmax()))
+    return tokens[len(prompt) :]
+
+
+def prompt(n, seed):
+    return torch.randint(0, CFG.vocab_size - 256, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+@pytest.mark.parametrize("prompt_len", [1, 10, 40])  # shorter and longer than the window
+def test_cached_greedy_equals_uncached(model, prompt_len):
+    p = prompt(prompt_len, prompt_len)
+    new = generate(model, p, 40, stop_tokens=())
+    assert new == greedy_uncached(model, p, 40)
+    assert len(set(new)) > 5  # a real continuation, not one repeated token
+
+
+def test_batch_with_padding_equals_one_by_one(model):
+    prompts = [prompt(n, n) for n in (3, 25, 12)]
+    batch = generate(model, prompts, 30, stop_tokens=())
+    assert batch == [generate(model, p, 30, stop_tokens=()) for p in prompts]
+
+
+def test_chunks_after_prefill_equal_one_pass(model):
+    """Forcing several tokens into a warm cache (the debugger's forced frames) gives the logits of
+    one uncached pass, on global layers and across the wrap of the sliding rings."""
+    tokens = torch.tensor([prompt(70, 7)])
+    with torch.no_grad():
+        full = model(tokens)
+        cache = KVCache(CFG, 1, 80)
+        pieces, start = [], 0
+        for size in (5, 1, 20, 1, 1, 30, 12):  # chunks longer and shorter than the window of 16
+            pieces.append(model(tokens[:, start : start + size], cache=cache))
+            start += size
+    assert (torch.cat(pieces, dim=1) - full).abs().max() <= 1e-4
+
+
+def test_sliding_layers_stop_growing_at_the_window():
+    short, long = KVCache(CFG, 1, 200), KVCache(CFG, 1, 256)
+    windows = [CFG.window(i) for i in range(CFG.n_layers)]
+    assert [k.shape[2] for k in long.keys] == [16 if w else 256 for w in windows]
+    per_global_token = 2 * CFG.n_kv_heads * CFG.head_dim * 4 * windows.count(None)
+    assert long.nbytes() - short.nbytes() == 56 * per_global_token  # only global layers grow
+    assert long.nbytes() == CFG.kv_cache_bytes(256, bytes_per_value=4)
+
+
+def test_stop_tokens_and_streaming(model):
+    p = prompt(10, 1)
+    free = generate(model, p, 30, stop_tokens=())
+    stop = free[12]
+    first = free.index(stop)
+    streamed = []
+    out = generate(model, [p, p], 30, stop_tokens=[stop], on_token=lambda row, tok: streamed.append((row, tok)))
+    assert out == [free[: first + 1]] * 2  # ends with the stop token, included
+    assert [tok for row, tok in streamed if row == 1] == out[1]
+    assert len(streamed) == 2 * (first + 1)
+
+
+def test_model_eos_ids_stop_by_default(model):
+    p = prompt(10, 1)
+    free = generate(model, p, 30, stop_tokens=())
+    eos_model = Transformer(get_preset("cwm-tiny", sliding_window=16, max_seq_len=256, eos_token_ids=(free[5],)))
+    eos_model.load_state_dict(model.state_dict())
+    assert generate(eos_model.eval(), p, 30) == free[: free.index(free[5]) + 1]
+
+
+def test_sampling_rules():
+    logits = torch.tensor([[2.0, 1.0, 0.5, -1.0]]).repeat(4000, 1)
+    g = torch.Generator().manual_seed(0)
+    assert sample(logits[:1]).tolist() == [0]  # greedy
+    counts = torch.bincount(sample(logits, temperature=1.0, generator=g), minlength=4) / 4000
+    assert torch.allclose(counts, torch.softmax(logits[0], -1), atol=0.03)
+    # top_p 0.8: tokens 0 and 1 hold 0.59 + 0.22; tokens 2 and 3 are never drawn
+    nucleus = sample(logits, temperature=1.0, top_p=0.8, generator=g)
+    assert set(nucleus.tolist()) == {0, 1}
+    assert sample(logits, temperature=1.0, top_p=0.1, generator=g).eq(0).all()
+    hot = torch.bincount(sample(logits, temperature=5.0, generator=g), minlength=4)
+    assert hot.min() > 500  # high temperature flattens
+
+
+def test_seeded_sampling_is_reproducible(model):
+    p = prompt(8, 2)
+    a = generate(model, p, 20, temperature=0.8, top_p=0.95, seed=3, stop_tokens=())
+    b = generate(model, p, 20, temperature=0.8, top_p=0.95, seed=3, stop_tokens=())
+    assert a == b and a != generate(model, p, 20, temperature=0.8, top_p=0.95, seed=4, stop_tokens=())
+
+
+def test_errors(model):
+    with pytest.raises(ValueError, match="at least one token"):
+        generate(model, [[1, 2], []], 5)
+    with pytest.raises(ValueError, match="exceeds the model's context of 256"):
+        generate(model, prompt(200, 0), 100)
