@@ -33,7 +33,7 @@ print(len(to_cwm_text(trace_call(source, call, max_events=10000, max_bytes=10000
 
 def timed_build(n: int, workers: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        params = BuildParams(source="synth", n=n, seed=0, shard_size=16, decontaminate=())
+        params = BuildParams(source="synth", n=n, seed=0, shard_size=64, decontaminate=())
         start = time.perf_counter()
         build(Path(tmp) / "out", params, workers=workers, progress=False)
         return time.perf_counter() - start
@@ -49,7 +49,7 @@ def timed_naive(n: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=80)
+    parser.add_argument("--n", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     print(f"{args.n} synthetic programs, {args.repeats} repeats, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")

@@ -37,7 +37,9 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for both (1: steadiest on a shared machine)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     cfg = get_preset(args.preset)
@@ -77,21 +79,17 @@ def main() -> None:
     print(f"greedy tokens identical: {same}")
     train_tokens = args.batch * args.seq
     results = {}
-    for name, fn, count in [
+    cases = [
         ("train ours", train_ours, train_tokens),
         ("train theirs", train_theirs, train_tokens),
         ("generate ours", generate_ours, n),
         ("generate theirs", generate_theirs, n),
-    ]:
+    ]
+    for name, fn, _ in cases:
         fn()  # warm-up
         results[name] = []
     for _ in range(args.repeats):  # interleaved, so load from other processes hits both alike
-        for name, fn, count in [
-            ("train ours", train_ours, train_tokens),
-            ("train theirs", train_theirs, train_tokens),
-            ("generate ours", generate_ours, n),
-            ("generate theirs", generate_theirs, n),
-        ]:
+        for name, fn, count in cases:
             results[name].append(count / timed(fn))
     medians = {name: statistics.median(v) for name, v in results.items()}
     for name, value in medians.items():

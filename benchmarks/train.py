@@ -30,7 +30,9 @@ def bare_steps(cfg, batch, steps: int) -> list[float]:
     torch.manual_seed(cfg.train.seed)
     model = Transformer(get_model_config(cfg))
     model.init_weights(seed=cfg.train.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
+    )
     times = []
     for _ in range(steps):
         start = time.perf_counter()
@@ -97,7 +99,11 @@ def main() -> None:
         trainer_times += trainer_steps(cfg)
         bare_times += bare_steps(cfg, batch, args.steps + 1)
     t, b = statistics.median(trainer_times), statistics.median(bare_times)
-    print(f"preset {args.preset}, batch {args.batch} x {args.seq_len - 1} tokens, {torch.get_num_threads()} threads, {args.rounds} rounds x {args.steps} steps", file=sys.stderr)
+    print(
+        f"preset {args.preset}, batch {args.batch} x {args.seq_len - 1} tokens, {torch.get_num_threads()} threads, "
+        f"{args.rounds} rounds x {args.steps} steps",
+        file=sys.stderr,
+    )
     print(f"trainer: median {t * 1e3:.1f} ms/step")
     print(f"bare loop: median {b * 1e3:.1f} ms/step")
     print(f"trainer_overhead: {t / b:.3f}")

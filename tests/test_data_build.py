@@ -111,14 +111,17 @@ def test_kill_minus_9_then_rerun_gives_exactly_the_uninterrupted_records(tmp_pat
     assert not list(out.glob(".*tmp"))
 
 
+# name -> (source, call, the statuses it may end with: the tracer's limit or the sandbox's)
 HOSTILE = {
-    "infinite_loop": ("def f():\n    while True:\n        pass\n", "f()"),
-    "memory_bomb": ("def f():\n    x = [0] * (10 ** 10)\n    return len(x)\n", "f()"),
-    "huge_output": ("def f():\n    while True:\n        print('x' * 100000)\n", "f()"),
-    "os_exit": ("import os\n\ndef f():\n    os._exit(3)\n", "f()"),
-    "settrace_none": ("import sys\n\ndef f():\n    sys.settrace(None)\n    x = 1\n    return x\n", "f()"),
-    "repr_loops": ("class A:\n    def __repr__(self):\n        while True:\n            pass\n\ndef f():\n    a = A()\n    return 1\n", "f()"),
-    "deep_recursion": ("def f(n=0):\n    return f(n + 1)\n", "f()"),
+    "infinite_loop": ("def f():\n    while True:\n        pass\n", "f()", {"event_limit", "timeout"}),
+    # a MemoryError the program raises is its own exception (a complete trace), or the sandbox's
+    "memory_bomb": ("def f():\n    x = [0] * (10 ** 10)\n    return len(x)\n", "f()", {"exception", "memory"}),
+    "huge_output": ("def f():\n    while True:\n        print('x' * 100000)\n", "f()", {"output_limit"}),
+    "os_exit": ("import os\n\ndef f():\n    os._exit(3)\n", "f()", {"exit"}),
+    "settrace_none": ("import sys\n\ndef f():\n    sys.settrace(None)\n    x = 1\n    return x\n", "f()", {"tracer_removed"}),
+    # the tracer gives up on the repr (its own timeout) and the trace completes
+    "repr_loops": ("class A:\n    def __repr__(self):\n        while True:\n            pass\n\ndef f():\n    a = A()\n    return 1\n", "f()", {"ok"}),
+    "deep_recursion": ("def f(n=0):\n    return f(n + 1)\n", "f()", {"recursion", "tracer_error", "event_limit", "exception"}),
 }
 
 
@@ -129,7 +132,8 @@ def test_hostile_programs_get_their_status_and_no_good_record_is_lost(synth_buil
         rows.append({"source": p.source, "call": p.call, "origin": "synth"})
         if i % 3 == 0 and i // 3 < len(HOSTILE):
             name = list(HOSTILE)[i // 3]
-            rows.append({"source": HOSTILE[name][0], "call": HOSTILE[name][1], "origin": f"hostile:{name}"})
+            source, call, _ = HOSTILE[name]
+            rows.append({"source": source, "call": call, "origin": f"hostile:{name}"})
     programs = tmp_path / "programs.jsonl"
     programs.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "mixed"
@@ -141,7 +145,25 @@ def test_hostile_programs_get_their_status_and_no_good_record_is_lost(synth_buil
     statuses = {r["origin"].split(":")[1]: r["status"] for r in got if r["origin"].startswith("hostile:")}
     assert set(statuses) == set(HOSTILE)
     for name, status in statuses.items():
-        assert status != "ok" or name == "settrace_none", (name, status)
-    assert statuses["os_exit"] == "exit"
+        assert status in HOSTILE[name][2], (name, status)
+    hostile = {r["origin"].split(":")[1]: r for r in got if r["origin"].startswith("hostile:")}
+    assert "<repr of A timed out>" in hostile["repr_loops"]["cwm_text"]
+    assert hostile["infinite_loop"]["cwm_text"] is None  # a stopped trace is kept as a status, not learned
     good_rows = [r for r in got if r["origin"] == "synth"]
     assert [r["cwm_text"] for r in good_rows] == [r["cwm_text"] for r in records(synth_build)]
+
+
+def test_a_harvest_build_traces_real_functions_twice(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "mod.py").write_text(
+        'def double(x: int):\n    """\n    >>> double(21)\n    42\n    """\n    return 2 * x\n\n\n'
+        'def greet(name="world"):\n    return "hello " + name\n'
+    )
+    out = tmp_path / "out"
+    build(out, BuildParams(source=f"dir:{src}", seed=0, **SMALL), progress=False)
+    rows = {r["call"]: r for r in records(out)}
+    assert rows["double(21)"]["status"] == "ok" and rows["double(21)"]["return_value"] == "42"
+    assert rows["greet()"]["return_value"] == "'hello world'"
+    assert rows["greet()"]["context"].startswith('def greet(name="world"):  # << START_OF_TRACE')
+    assert all(r["status"] in ("ok", "exception") for r in rows.values())  # deterministic: kept

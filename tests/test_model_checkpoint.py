@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from cwm.model import CheckpointError, ModelConfig, Transformer, get_preset, load_pretrained, save_pretrained
 from cwm.model.convert import convert_meta_to_hf, meta_to_hf_rows, save_meta
-from cwm.model.transformer import apply_rope, rope_inv_freq
+from cwm.model.transformer import apply_rope, rope_inv_freq, rope_table
 
 CFG = get_preset("cwm-tiny", n_layers=6)  # Meta rule: G S S S G G
 
@@ -214,8 +214,7 @@ def test_meta_rows_are_meta_rope():
         return torch.view_as_real(torch.view_as_complex(v) * freqs[:, None]).flatten(2)
 
     def hf_rope(w):
-        angles = torch.outer(pos, rope_inv_freq(cfg))
-        return apply_rope((x @ w.T).view(12, H, D), angles.cos()[:, None], angles.sin()[:, None])
+        return apply_rope((x @ w.T).view(12, H, D), *rope_table(pos, rope_inv_freq(cfg), torch.float32))
 
     meta_scores = torch.einsum("qhd,khd->hqk", meta_rope(wq_meta), meta_rope(wk_meta))
     hf_scores = torch.einsum("qhd,khd->hqk", hf_rope(meta_to_hf_rows(wq_meta, H)), hf_rope(meta_to_hf_rows(wk_meta, H)))

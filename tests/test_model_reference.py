@@ -56,8 +56,11 @@ def test_ours_saved_equals_transformers_loaded(spec, tmp_path):
     save_pretrained(ours, tmp_path)
     theirs = load_hf(tmp_path)
     assert theirs.config.layer_types == list(cfg.attention_types())
-    tokens = torch.randint(0, cfg.vocab_size, (2, 3 * cfg.sliding_window + 5), generator=torch.Generator().manual_seed(2))
+    w = cfg.sliding_window
+    tokens = torch.randint(0, cfg.vocab_size, (2, 3 * w + 5), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
+        for length in (w // 2, w + w // 2):  # within the window; a masked window (blocks from 2 * window up)
+            assert (ours(tokens[:, :length]) - theirs(tokens[:, :length]).logits).abs().max() <= 1e-4
         ours_logits, theirs_logits = ours(tokens), theirs(tokens).logits
         # The window matters for these weights: without it the logits past the window change.
         unwindowed = Transformer(dataclasses.replace(cfg, sliding_window=None))

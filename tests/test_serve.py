@@ -193,3 +193,22 @@ def test_cwm_serve_cli_names_a_bad_checkpoint(tmp_path, capsys):
     cli.add_arguments(parser)
     assert cli.run(parser.parse_args(["--model", str(tmp_path / "missing")])) == 2
     assert "cannot load" in capsys.readouterr().err
+
+
+def test_http_backend_passes_on_the_servers_reason(server, local):
+    with pytest.raises(BackendError, match="400.*context"):
+        HTTPBackend(server, local.tokenizer).complete([1, 2], sampling=Sampling(max_new_tokens=10**5))
+    # /v1/completions has no `tokens`: a server without them is named, not a KeyError
+    with pytest.raises(BackendError, match="choices"):
+        HTTPBackend(server + "/v1", local.tokenizer).complete([1, 2], sampling=GREEDY)
+
+
+def test_stop_string_ends_local_generation_early(local):
+    tok = local.tokenizer
+    prompt = tok.encode("def f(x):\n")
+    free = local.complete(prompt, sampling=Sampling(max_new_tokens=40))
+    text = tok.decode(free.tokens)
+    stop = next(c for c in text[3:] if c.strip() and not tok.is_special(tok.encode(c)[0]))
+    cut = local.complete(prompt, stop=[stop], sampling=Sampling(max_new_tokens=40))
+    assert cut.finish_reason == "stop" and stop in cut.text and stop not in tok.decode(cut.tokens[:-1])
+    assert cut.tokens == free.tokens[: len(cut.tokens)] and len(cut.tokens) < 40

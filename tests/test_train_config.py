@@ -3,10 +3,10 @@ handling of bad configs and --dry-run (which builds the 32B model on the meta de
 
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from cwm.train.config import ConfigError, TrainConfig, dump_toml, load_config
 
@@ -42,7 +42,16 @@ def _toml(value):
 
 def test_overrides_use_toml_syntax_and_bare_strings(tmp_path):
     path = write(tmp_path, '[train]\nmax_steps = 5\n[data]\ntrain = ["a"]\n')
-    cfg = load_config(path, ["optim.lr=1e-3", "optim.betas=[0.8, 0.9]", "train.out_dir=runs/my run", "model.overrides.n_layers=2", "train.compile=true"])
+    cfg = load_config(
+        path,
+        [
+            "optim.lr=1e-3",
+            "optim.betas=[0.8, 0.9]",
+            "train.out_dir=runs/my run",
+            "model.overrides.n_layers=2",
+            "train.compile=true",
+        ],
+    )
     assert cfg.optim.lr == 1e-3 and cfg.optim.betas == [0.8, 0.9]
     assert cfg.train.out_dir == "runs/my run" and cfg.train.compile is True
     assert cfg.model.overrides == {"n_layers": 2}
@@ -97,7 +106,10 @@ def test_cli_bad_configs_exit_2_with_one_line(tmp_path, capsys):
 def test_cli_subprocess_exit_code_and_no_traceback(tmp_path):
     result = cwm_train("--config", str(write(tmp_path, "[optim]\nlrr = 1e-3\n")))
     assert result.returncode == 2
-    assert result.stderr.endswith("unknown key 'optim.lrr'; did you mean 'optim.lr'?\n") and "Traceback" not in result.stderr
+    assert (
+        result.stderr.endswith("unknown key 'optim.lrr'; did you mean 'optim.lr'?\n")
+        and "Traceback" not in result.stderr
+    )
 
 
 def test_dry_run_of_the_32b_recipe_prints_its_plan(capsys):

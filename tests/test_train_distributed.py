@@ -26,6 +26,7 @@ def run_config(tmp_path_factory):
     path.write_text(
         f'[model]\noverrides = {{vocab_size = 257, n_layers = 2}}\n[data]\ntrain = ["{train}"]\n'
         "[train]\nmax_steps = 6\nglobal_batch_size = 8\nmicro_batch_size = 2\n"  # 2 ranks x 2 accumulation
+        "[checkpoint]\nevery = 3\n"
         "[optim]\nlr = 3e-3\n[schedule]\nwarmup_steps = 2\n[log]\nconsole = false\ntensorboard = false\n"
     )
     return path
@@ -33,7 +34,11 @@ def run_config(tmp_path_factory):
 
 def train(run_config, out_dir, nproc, *overrides):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 else [sys.executable]
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+        if nproc > 1
+        else [sys.executable]
+    )
     cmd = [*launcher, "-m", "cwm", "train", "--config", str(run_config), f"train.out_dir='{out_dir}'", *overrides]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -57,5 +62,12 @@ def test_two_processes_match_one(run_config, single, tmp_path, parallel, mode, s
     assert sorted(double) == list(range(1, 7))
     assert double == pytest.approx(single, abs=2e-5)
     assert single[6] < single[1]  # it trains
-    a, b = load_pretrained(single_dir / "final").state_dict(), load_pretrained(tmp_path / parallel / "final").state_dict()
+    a, b = (
+        load_pretrained(single_dir / "final").state_dict(),
+        load_pretrained(tmp_path / parallel / "final").state_dict(),
+    )
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+    if parallel == "fsdp":  # resume the sharded run from its step-3 checkpoint: the same steps 4-6 again
+        again, log = train(run_config, tmp_path / parallel, 2, "train.parallel='fsdp'", "log.console=true", "--resume")
+        assert "resumed from" in log and sorted(again) == list(range(1, 7))
+        assert again == pytest.approx(double, abs=1e-6)

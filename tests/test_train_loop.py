@@ -1,7 +1,6 @@
 """Real training runs of a tiny model on bytes of this repository's code: the loss falls, masks are
 honoured, phases chain, checkpoints resume exactly after a real SIGKILL, evaluation hooks run."""
 
-import json
 import math
 import os
 import signal
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from cwm.data.packed import PackedDataset, PackedWriter
+from cwm.data.packed import PackedWriter
 from cwm.model import Transformer, get_preset, load_pretrained
 from cwm.train.bytedata import write_byte_dataset
 from cwm.train.checkpoint import step_checkpoints
@@ -92,7 +91,9 @@ def test_smoke_run_learns_and_writes_a_complete_run_dir(code_data, tmp_path):
 
 
 def test_mfu_is_logged_against_a_configured_peak(code_data, tmp_path):
-    Trainer(config(code_data, tmp_path / "run", "train.max_steps=2", "log.peak_flops=1e12", "log.tensorboard=false")).train()
+    Trainer(
+        config(code_data, tmp_path / "run", "train.max_steps=2", "log.peak_flops=1e12", "log.tensorboard=false")
+    ).train()
     record = read_jsonl(tmp_path / "run/metrics.jsonl")[-2]
     flops = get_preset("cwm-tiny", vocab_size=257, n_layers=2).flops_per_token(64)
     assert record["mfu"] == pytest.approx(flops * record["tokens_per_s"] / 1e12)
@@ -114,7 +115,9 @@ def test_accumulation_and_activation_checkpointing_do_not_change_the_losses(code
 
 def test_bf16_autocast_trains_close_to_fp32(code_data, tmp_path):
     Trainer(config(code_data, tmp_path / "fp32", "train.max_steps=3", "log.tensorboard=false")).train()
-    Trainer(config(code_data, tmp_path / "bf16", "train.max_steps=3", "log.tensorboard=false", "train.precision='bf16'")).train()
+    Trainer(
+        config(code_data, tmp_path / "bf16", "train.max_steps=3", "log.tensorboard=false", "train.precision='bf16'")
+    ).train()
     fp32, bf16 = losses(tmp_path / "fp32"), losses(tmp_path / "bf16")
     assert bf16 != fp32 and bf16 == pytest.approx(fp32, abs=0.05)
 
@@ -124,8 +127,12 @@ def test_document_mask_makes_a_packed_row_equal_to_its_documents_apart():
     model = Transformer(get_preset("cwm-tiny", vocab_size=257, n_layers=2))
     a, b = torch.randint(0, 256, (20,)), torch.randint(0, 256, (13,))
     ones = np.ones
-    packed = make_batch([{"tokens": np.concatenate([a, b]), "doc_ids": np.repeat([0, 1], [20, 13]), "loss_mask": ones(33)}])
-    alone = [make_batch([{"tokens": x.numpy(), "doc_ids": np.zeros(len(x)), "loss_mask": ones(len(x))}]) for x in (a, b)]
+    packed = make_batch(
+        [{"tokens": np.concatenate([a, b]), "doc_ids": np.repeat([0, 1], [20, 13]), "loss_mask": ones(33)}]
+    )
+    alone = [
+        make_batch([{"tokens": x.numpy(), "doc_ids": np.zeros(len(x)), "loss_mask": ones(len(x))}]) for x in (a, b)
+    ]
     assert packed.num_targets == 19 + 12  # no target across the boundary
     together = token_loss_sum(model, packed)
     assert together.item() == pytest.approx(sum(token_loss_sum(model, x).item() for x in alone), rel=1e-5)
@@ -142,9 +149,18 @@ def test_sft_learns_only_the_masked_in_tokens(tmp_path):
             w.add(np.r_[user, 256, answer], np.zeros(33), np.r_[np.zeros(33 - len(answer)), np.ones(len(answer))])
     cfg = load_config(
         None,
-        [f"model.overrides={TINY}", f"data.train=['{tmp_path / 'sft'}']", f"train.out_dir='{tmp_path / 'run'}'",
-         "train.max_steps=80", "train.global_batch_size=16", "train.micro_batch_size=16", "optim.lr=1e-2",
-         "schedule.kind='constant'", "log.console=false", "log.tensorboard=false"],
+        [
+            f"model.overrides={TINY}",
+            f"data.train=['{tmp_path / 'sft'}']",
+            f"train.out_dir='{tmp_path / 'run'}'",
+            "train.max_steps=80",
+            "train.global_batch_size=16",
+            "train.micro_batch_size=16",
+            "optim.lr=1e-2",
+            "schedule.kind='constant'",
+            "log.console=false",
+            "log.tensorboard=false",
+        ],
     )
     last = Trainer(cfg).train()
     assert last["targets"] == 16 * 13  # the 13 answer tokens of each of the 16 rows
@@ -157,7 +173,14 @@ def test_phases_chain_through_init_from_and_a_mismatch_is_refused(code_data, tmp
     expected = load_pretrained(tmp_path / "pretrain/final").state_dict()
     assert all(torch.equal(v, expected[k]) for k, v in sft.module.state_dict().items() if k in expected)
     with pytest.raises(ConfigError, match="does not fit model preset"):
-        Trainer(config(code_data, tmp_path / "x", f"model.init_from='{tmp_path / 'pretrain/final'}'", "model.overrides.n_layers=3"))
+        Trainer(
+            config(
+                code_data,
+                tmp_path / "x",
+                f"model.init_from='{tmp_path / 'pretrain/final'}'",
+                "model.overrides.n_layers=3",
+            )
+        )
     with pytest.raises(ConfigError, match="cannot load"):
         Trainer(config(code_data, tmp_path / "y", f"model.init_from='{tmp_path / 'nowhere'}'"))
 
@@ -170,8 +193,14 @@ def _probe(model, step):
 
 
 def test_eval_hooks_by_name_and_by_import_path(code_data, tmp_path):
-    cfg = config(code_data, tmp_path / "run", "train.max_steps=4", "eval.every=2", "log.tensorboard=false",
-                 "eval.hooks=['probe', 'test_train_loop:_probe']")
+    cfg = config(
+        code_data,
+        tmp_path / "run",
+        "train.max_steps=4",
+        "eval.every=2",
+        "log.tensorboard=false",
+        "eval.hooks=['probe', 'test_train_loop:_probe']",
+    )
     Trainer(cfg).train()
     evals = [r for r in read_jsonl(tmp_path / "run/metrics.jsonl") if "probe/step_seen" in r]
     assert [r["probe/step_seen"] for r in evals] == [2, 4]
@@ -207,7 +236,9 @@ def test_resume_after_sigkill_gives_the_uninterrupted_losses(code_data, tmp_path
     cut = losses(tmp_path / "killed")
     assert 10 <= max(cut) < 150  # killed mid-way, after step 10's checkpoint
 
-    resumed = subprocess.run(_cli(cfg_path, tmp_path / "killed", "--resume"), env=env, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        _cli(cfg_path, tmp_path / "killed", "--resume"), env=env, capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr
     steps = [r["step"] for r in read_jsonl(tmp_path / "killed/metrics.jsonl")]
     assert steps == list(range(1, 151))  # each step once: records past the checkpoint were dropped

@@ -13,12 +13,16 @@ from cwm.train.optim import build_optimizer, build_scheduler, lr_multiplier
 
 
 def test_weight_decay_on_matrices_only():
-    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 4), torch.nn.LayerNorm(4), torch.nn.RMSNorm(4))
+    model = torch.nn.Sequential(
+        torch.nn.Embedding(10, 4), torch.nn.Linear(4, 4), torch.nn.LayerNorm(4), torch.nn.RMSNorm(4)
+    )
     opt = build_optimizer(model, OptimSection(weight_decay=0.1))
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert {p.ndim for p in decay["params"]} == {2} and len(decay["params"]) == 2
-    assert {p.ndim for p in no_decay["params"]} == {1} and len(no_decay["params"]) == 4  # bias, 2 norm weights, norm bias
+    assert {p.ndim for p in no_decay["params"]} == {1} and len(
+        no_decay["params"]
+    ) == 4  # bias, 2 norm weights, norm bias
 
 
 def test_cosine_warms_up_then_decays_to_the_floor():
@@ -49,7 +53,9 @@ def test_scheduler_drives_the_optimizer_and_restores():
         opt.step()
         sched.step()
     assert seen[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
-    again = build_scheduler(build_optimizer(model, OptimSection(lr=1.0)), 20, ScheduleSection(kind="cosine", warmup_steps=4))
+    again = build_scheduler(
+        build_optimizer(model, OptimSection(lr=1.0)), 20, ScheduleSection(kind="cosine", warmup_steps=4)
+    )
     again.load_state_dict(sched.state_dict())
     assert again.get_last_lr() == sched.get_last_lr()
 

@@ -63,16 +63,6 @@ def split_stops(tokenizer, stop: Sequence[str]) -> tuple[set[int], list[str]]:
     return ids, [s for s in stop if s not in SPECIAL_TOKENS]
 
 
-def cut_at_stop_string(tokenizer, tokens: list[int], strings: list[str]) -> list[int] | None:
-    """The shortest prefix of `tokens` whose text contains a stop string, or None."""
-    if not strings or not any(s in tokenizer.decode(tokens) for s in strings):
-        return None
-    for end in range(1, len(tokens) + 1):
-        if any(s in tokenizer.decode(tokens[:end]) for s in strings):
-            return tokens[:end]
-    return tokens
-
-
 def encode_prompt(tokenizer, prompt: Sequence[int] | str) -> list[int]:
     """Token ids as given; text as ordinary text (no specials parsed) after <|begin_of_text|>."""
     if isinstance(prompt, str):
@@ -112,18 +102,29 @@ class LocalBackend:
 
         ids = encode_prompt(self.tokenizer, prompt)
         stop_ids, strings = split_stops(self.tokenizer, stop)
+        tokens: list[int] = []
+        tail = max((len(s) for s in strings), default=0) + 4  # tokens that can hold a stop string
+
+        def on_token(row: int, token: int) -> None:
+            tokens.append(token)
+            if strings and any(s in self.tokenizer.decode(tokens[-tail:]) for s in strings):
+                raise _StopString  # generate has no stop strings: end it from its callback
+
         with self._lock:  # one generation at a time: the model and its caches are not shared
-            tokens = generate(
-                self.model, ids, sampling.max_new_tokens, temperature=sampling.temperature,
-                top_p=sampling.top_p, stop_tokens=sorted(stop_ids), seed=sampling.seed,
-            )
-        cut = cut_at_stop_string(self.tokenizer, tokens, strings)
-        tokens = cut if cut is not None else tokens
-        stopped = cut is not None or (bool(tokens) and tokens[-1] in stop_ids)
+            try:
+                generate(self.model, ids, sampling.max_new_tokens, temperature=sampling.temperature,
+                         top_p=sampling.top_p, stop_tokens=sorted(stop_ids), seed=sampling.seed, on_token=on_token)
+            except _StopString:
+                pass
+        stopped = bool(tokens) and (tokens[-1] in stop_ids or any(s in self.tokenizer.decode(tokens) for s in strings))
         return Completion(
             tokens=tokens, text=self.tokenizer.decode(tokens),
             finish_reason="stop" if stopped else "length", prompt_tokens=len(ids),
         )
+
+
+class _StopString(Exception):
+    pass
 
 
 @dataclass
@@ -142,7 +143,8 @@ class HTTPBackend:
             "max_tokens": sampling.max_new_tokens,
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
-            "stop": list(stop) or None,
+            # one stop as a plain string: the release's server accepts only `str | None`
+            "stop": stop[0] if len(stop) == 1 else (list(stop) or None),
         }
         if sampling.seed is not None:
             body["seed"] = sampling.seed
@@ -153,12 +155,18 @@ class HTTPBackend:
             raise BackendError(f"cannot reach {endpoint} ({e}); is `cwm serve` running there?") from e
         if reply.status_code != 200:
             raise BackendError(f"{endpoint} answered {reply.status_code}: {reply.text[:500]}")
-        choice = reply.json()["choices"][0]
-        tokens = list(choice["tokens"])
+        try:
+            body = reply.json()
+            choice = body["choices"][0]
+            tokens = [int(t) for t in choice["tokens"]]
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise BackendError(
+                f"{endpoint} did not answer like the release's /completions (choices[0].tokens): {e!r}"
+            ) from None
         return Completion(
             tokens=tokens, text=choice.get("text", self.tokenizer.decode(tokens)),
             finish_reason=choice.get("finish_reason", "stop"),
-            prompt_tokens=reply.json().get("usage", {}).get("prompt_tokens", 0),
+            prompt_tokens=body.get("usage", {}).get("prompt_tokens", 0),
         )
 
 

@@ -18,6 +18,9 @@ VERBS: dict[str, tuple[str, str]] = {
     "tokenizer": ("cwm.tokenizer.cli", "train a small byte-level BPE tokenizer with the CWM special tokens"),
     "data": ("cwm.data.cli", "build trace datasets and pack them into training sequences"),
     "train": ("cwm.train.cli", "train a model from a TOML config (pre-training, mid-training, SFT)"),
+    "serve": ("cwm.serve.cli", "serve a checkpoint over HTTP (/completions, /v1/completions, /health)"),
+    "debug": ("cwm.debugger.cli", "neural debugger: the model predicts a program's execution frame by frame"),
+    "eval": ("cwm.eval.cli", "evaluate trace prediction and CruxEval-O; writes a results JSON"),
 }
 
 

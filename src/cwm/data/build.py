@@ -19,7 +19,10 @@ program pays for a fresh interpreter. Ray (`ray=ADDRESS`) runs the same chunks a
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -34,7 +37,7 @@ from cwm.data.synth import Program
 FORMAT = "cwm-dataset-v1"
 MANIFEST = "manifest.json"
 SOURCE_KINDS = ("synth", "dir", "programs", "eval", "code")
-CHUNK = 8  # programs per task sent to a worker: small enough to balance, large enough to amortise
+CHUNK = 16  # programs per task and per sandbox fork: small enough to balance, large enough to amortise the fork
 
 
 class BuildError(ValueError):
@@ -100,7 +103,8 @@ def content_id(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 
-def make_plan(params: BuildParams) -> Plan:
+def make_plan(params: BuildParams, map_=map) -> Plan:
+    """The deduplicated, decontaminated items to build, in order; `map_` may be a pool's map."""
     if params.kind == "code":
         from cwm.data.corpus import source_files
 
@@ -108,16 +112,14 @@ def make_plan(params: BuildParams) -> Plan:
     banned = set()
     if params.split == "train" and params.decontaminate:
         try:
-            banned = evalsets.contamination_keys(list(params.decontaminate))
+            banned = evalsets.contamination_keys(tuple(params.decontaminate))
         except FileNotFoundError as e:
             raise BuildError(f"cannot decontaminate against {', '.join(params.decontaminate)}: {e} (or pass --decontaminate none)") from None
-    contaminated = lambda p: evalsets.source_key(p.source) in banned  # noqa: E731
+    contaminated = lambda p: bool(banned) and evalsets.source_key(p.source) in banned  # noqa: E731
     key = lambda p: (p.source, p.call)  # noqa: E731
     if params.kind == "synth":
         knobs = synth.Knobs.parse(params.arg)
-        # Generate until n programs survive dedup; program i depends on (seed, i) only.
-        stream = (synth.generate_one(params.seed, i, knobs) for i in range(10**9))
-        return _dedup(stream, params, key, contaminated)
+        return _dedup(_synth_stream(params, knobs, map_), params, key, contaminated)
     if params.kind == "dir":
         candidates = harvest.harvest(params.arg or "stdlib", params.seed)
         random.Random(params.seed).shuffle(candidates)
@@ -125,6 +127,13 @@ def make_plan(params: BuildParams) -> Plan:
     if params.kind == "programs":
         return _dedup(_read_programs(Path(params.arg)), params, key, contaminated)
     return _dedup(evalsets.evaluation_programs(params.arg), params, key, lambda _: False)
+
+
+def _synth_stream(params: BuildParams, knobs: synth.Knobs, map_) -> Iterator[Program]:
+    """Programs 0, 1, 2, ... in order, generated n at a time (dedup stops the stream at n unique)."""
+    generate = functools.partial(synth.generate_one, params.seed, knobs=knobs)
+    for start in itertools.count(0, params.n):
+        yield from map_(generate, range(start, start + params.n))
 
 
 def _dedup(stream, params: BuildParams, key, contaminated) -> Plan:
@@ -165,29 +174,63 @@ def _read_programs(path: Path) -> Iterator[Program]:
 # Tracing one program (runs in a worker process)
 
 
-def trace_record(index: int, program: Program, params: BuildParams) -> dict:
-    """Trace one program in the sandbox and return its dataset record (never raises for the program)."""
+def _trace_many(programs: list[tuple[str, str]], params: BuildParams) -> list:
+    """Runs inside the sandbox: trace each (source, call) in turn."""
     from cwm.trace import trace_call
-    from cwm.trace.format import to_cwm_text
+
+    return [
+        trace_call(source, call, max_events=params.max_events, max_bytes=params.max_bytes, timeout=params.timeout)
+        for source, call in programs
+    ]
+
+
+def _sandboxed(programs: list[Program], params: BuildParams):
     from cwm.trace.sandbox import Limits, run_function
 
-    def run():
-        return run_function(
-            trace_call, program.source, program.call,
-            max_events=params.max_events, max_bytes=params.max_bytes, limits=Limits(timeout=params.timeout),
-        )  # fmt: skip
+    # The tracer stops a slow program itself (status "timeout"); the sandbox's limit is the backstop.
+    limits = Limits(timeout=params.timeout * len(programs) + 1)
+    return run_function(_trace_many, [(p.source, p.call) for p in programs], params, limits=limits)
 
+
+def trace_chunk(chunk: list[tuple[int, Program]], params: BuildParams) -> list[dict]:
+    """The records of a chunk of (index, program); never raises for what a program does.
+
+    One sandbox traces the whole chunk, since forking a sandbox costs more than most traces. If
+    that run fails (a program exited, crashed, flooded its output, ...), each program runs again
+    alone, so a hostile program gets its own status and costs its neighbours nothing.
+    """
+    programs = [p for _, p in chunk]
+    first = _sandboxed(programs, params)
+    # Code we did not write runs twice: a record is kept only if both traces agree.
+    second = _sandboxed(programs, params) if first.ok and params.kind in ("dir", "programs") else None
+    if len(chunk) > 1 and not (first.ok and (second is None or second.ok)):
+        return [record for item in chunk for record in trace_chunk([item], params)]
+    if not first.ok:  # the sandbox stopped this one program: timeout, memory, exit, crash, ...
+        (index, program), = chunk
+        return [_record(index, program, status=first.status, error=first.error)]
+    if second is None:
+        agains = [None] * len(chunk)
+    else:  # (a chunk of several whose second run failed went program by program above)
+        agains = second.value if second.ok else ["failed"]
+    return [_traced_record(i, p, trace, again) for (i, p), trace, again in zip(chunk, first.value, agains)]
+
+
+def _record(index: int, program: Program, **fields) -> dict:
     record = {
         "index": index, "id": content_id(program.source, program.call), "origin": program.origin,
         "source": program.source, "call": program.call, "status": None, "error": None,
-        "return_value": None, "num_events": 0, "num_bytes": 0, "cwm_text": None, "frames": [],
+        "return_value": None, "num_events": 0, "num_bytes": 0, "context": None, "cwm_text": None, "frames": [],
     }  # fmt: skip
-    result = run()
-    if result.status != "ok":  # the sandbox stopped it: timeout, memory, exit, crash, ...
-        record.update(status=result.status, error=_cut(result.error))
-        return record
-    trace = result.value
-    record.update(status=trace.status, error=_cut(trace.error), return_value=trace.return_value)
+    record.update(fields)
+    record["error"] = _cut(record["error"])
+    return record
+
+
+def _traced_record(index: int, program: Program, trace, again) -> dict:
+    """The record of a finished trace; `again` is a second trace of it (or None, or "failed")."""
+    from cwm.trace.format import COMPLETE, to_cwm_text
+
+    record = _record(index, program, status=trace.status, error=trace.error, return_value=trace.return_value)
     try:
         text = to_cwm_text(trace)
         frames = [frame_row(f) for f in trace.frames]
@@ -195,12 +238,10 @@ def trace_record(index: int, program: Program, params: BuildParams) -> dict:
         record.update(status="internal_error", error=_cut(f"rendering the trace failed: {type(e).__name__}: {e}"))
         return record
     record.update(num_events=len(trace.frames), num_bytes=len(text.encode()))
-    if params.kind in ("dir", "programs") and trace.status == "ok":  # code we did not write: deterministic?
-        again = run()
-        if not again.ok or to_cwm_text(again.value) != text:
-            record.update(status="nondeterministic", error="two runs gave different traces")
-    if record["status"] == "ok":
-        record.update(cwm_text=text, frames=frames)
+    if again is not None and trace.complete and (again == "failed" or to_cwm_text(again) != text):
+        record.update(status="nondeterministic", error="two runs gave different traces")
+    if record["status"] in COMPLETE:  # a trace to learn from: returned, or left by an exception
+        record.update(context=trace.source, cwm_text=text, frames=frames)
     return record
 
 
@@ -210,7 +251,10 @@ def _cut(text: str | None, limit: int = 2000) -> str | None:
 
 def frame_row(frame) -> dict:
     locals_ = None if frame.locals is None else [{"name": k, "value": v} for k, v in frame.locals.items()]
-    return {"event": frame.event, "lineno": frame.lineno, "source": frame.source, "locals": locals_, "value": frame.value, "depth": frame.depth}
+    return {
+        "event": frame.event, "lineno": frame.lineno, "source": frame.source, "locals": locals_,
+        "value": frame.value, "depth": frame.depth, "rewritten": list(frame.rewritten),
+    }  # fmt: skip
 
 
 def row_to_trace(row: dict):
@@ -218,14 +262,13 @@ def row_to_trace(row: dict):
     from cwm.trace.format import Frame, Trace
 
     frames = [
-        Frame(f["event"], f["lineno"], f["source"], None if f["locals"] is None else {kv["name"]: kv["value"] for kv in f["locals"]}, f["value"], f["depth"])
+        Frame(
+            f["event"], f["lineno"], f["source"], None if f["locals"] is None else {kv["name"]: kv["value"] for kv in f["locals"]},
+            f["value"], f["depth"], tuple(f["rewritten"] or ()),
+        )
         for f in row["frames"] or []
     ]
-    return Trace(source=row["source"], entry=row["call"], frames=frames, status=row["status"], return_value=row["return_value"], error=row["error"])
-
-
-def trace_chunk(chunk: list[tuple[int, Program]], params: BuildParams) -> list[dict]:
-    return [trace_record(i, p, params) for i, p in chunk]
+    return Trace(source=row["context"], entry=row["call"], frames=frames, status=row["status"], return_value=row["return_value"], error=row["error"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,12 +283,13 @@ def schema(kind: str):
     frame = pa.struct([
         ("event", pa.string()), ("lineno", pa.int32()), ("source", pa.string()),
         ("locals", pa.list_(pa.struct([("name", pa.string()), ("value", pa.string())]))),
-        ("value", pa.string()), ("depth", pa.int32()),
+        ("value", pa.string()), ("depth", pa.int32()), ("rewritten", pa.list_(pa.string())),
     ])  # fmt: skip
     return pa.schema([
         ("index", pa.int64()), ("id", pa.string()), ("origin", pa.string()), ("source", pa.string()),
         ("call", pa.string()), ("status", pa.string()), ("error", pa.string()), ("return_value", pa.string()),
-        ("num_events", pa.int32()), ("num_bytes", pa.int64()), ("cwm_text", pa.string()), ("frames", pa.list_(frame)),
+        ("num_events", pa.int32()), ("num_bytes", pa.int64()),
+        ("context", pa.string()), ("cwm_text", pa.string()), ("frames", pa.list_(frame)),
     ])  # fmt: skip
 
 
@@ -315,38 +359,46 @@ def build(out: str | os.PathLike, params: BuildParams, workers: int = 1, ray: st
     out = Path(out)
     if workers < 1:
         raise BuildError("--workers must be at least 1")
-    if ray is not None:
-        ray_module = _import_ray()  # fail before any work
-    plan = make_plan(params)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = _open_manifest(out, params, plan)
-    write_manifest(out, manifest)
-    todo = [s for s in range(manifest["num_shards"]) if shard_name(s) not in manifest["shards"]]
-    indexed, size = list(enumerate(plan.items)), params.shard_size
-    shard_items = {s: indexed[s * size : (s + 1) * size] for s in todo}
+    ray_module = _import_ray() if ray is not None else None  # fail before any work
+    with contextlib.ExitStack() as stack:
+        pool = None
+        if workers > 1 and ray is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
 
-    def finished(number: int, records: list[dict]) -> None:
-        write_shard(out, number, records, manifest["kind"])
-        manifest["shards"][shard_name(number)] = {"rows": len(records)}
-        manifest["complete"] = len(manifest["shards"]) == manifest["num_shards"]
+            # fork: each worker starts as a copy of this warm process, and forks its sandboxes from itself.
+            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")))
+        # Generating programs is parallel too (program i depends on i only, so the order holds).
+        plan = make_plan(params, map_=functools.partial(pool.map, chunksize=CHUNK) if pool else map)
+        out.mkdir(parents=True, exist_ok=True)
+        manifest = _open_manifest(out, params, plan)
         write_manifest(out, manifest)
+        todo = [s for s in range(manifest["num_shards"]) if shard_name(s) not in manifest["shards"]]
+        indexed, size = list(enumerate(plan.items)), params.shard_size
+        shard_items = {s: indexed[s * size : (s + 1) * size] for s in todo}
+        left = sum(len(items) for items in shard_items.values())
 
-    with _progress(progress, sum(len(v) for v in shard_items.values()), len(plan.items) - sum(len(v) for v in shard_items.values())) as advance:
-        if manifest["kind"] == "code":
-            for number, items in shard_items.items():
-                finished(number, [_code_record(i, path, text) for i, (path, text) in items])
-                advance(len(items))
-        else:
-            chunks = [(s, items[i : i + CHUNK]) for s, items in shard_items.items() for i in range(0, len(items), CHUNK)]
-            pending = {s: len(items) for s, items in shard_items.items()}
-            done: dict[int, list[dict]] = {s: [] for s in shard_items}
-            runner = _run_ray(ray_module, ray, workers) if ray is not None else _run_local(workers)
-            for number, records in runner(chunks, params):
-                done[number] += records
-                advance(len(records))
-                if len(done[number]) == pending[number]:
-                    finished(number, done.pop(number))
-    if not manifest["shards"] and manifest["num_shards"] == 0:
+        def finished(number: int, records: list[dict]) -> None:
+            write_shard(out, number, records, manifest["kind"])
+            manifest["shards"][shard_name(number)] = {"rows": len(records)}
+            manifest["complete"] = len(manifest["shards"]) == manifest["num_shards"]
+            write_manifest(out, manifest)
+
+        with _progress(progress, left, len(plan.items) - left) as advance:
+            if manifest["kind"] == "code":
+                for number, items in shard_items.items():
+                    finished(number, [_code_record(i, path, text) for i, (path, text) in items])
+                    advance(len(items))
+            else:
+                chunks = [(s, items[i : i + CHUNK]) for s, items in shard_items.items() for i in range(0, len(items), CHUNK)]
+                done: dict[int, list[dict]] = {s: [] for s in shard_items}
+                runner = _run_ray(ray_module, ray, workers) if ray is not None else _run_local(pool, workers)
+                for number, records in runner(chunks, params):
+                    done[number] += records
+                    advance(len(records))
+                    if len(done[number]) == len(shard_items[number]):
+                        finished(number, done.pop(number))
+    if manifest["num_shards"] == 0:  # nothing to build is a complete build
         manifest["complete"] = True
         write_manifest(out, manifest)
     return manifest
@@ -356,27 +408,24 @@ def _code_record(index: int, path: str, text: str) -> dict:
     return {"index": index, "id": content_id(text), "path": path, "text": text, "num_bytes": len(text.encode())}
 
 
-def _run_local(workers: int):
-    """Chunks in this process (1 worker) or in a pool of warm worker processes."""
+def _run_local(pool, workers: int):
+    """Chunks in this process (no pool: 1 worker) or in the pool of warm worker processes."""
 
     def run(chunks, params):
-        if workers == 1:
+        if pool is None:
             for number, chunk in chunks:
                 yield number, trace_chunk(chunk, params)
             return
-        import multiprocessing
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+        from concurrent.futures import FIRST_COMPLETED, wait
 
-        # fork: the workers start as copies of this warm process (the tracer already importable).
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            queue, running = list(reversed(chunks)), {}
-            while queue or running:
-                while queue and len(running) < 4 * workers:  # a bounded window keeps memory flat
-                    number, chunk = queue.pop()
-                    running[pool.submit(trace_chunk, chunk, params)] = number
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    yield running.pop(future), future.result()
+        queue, running = list(reversed(chunks)), {}
+        while queue or running:
+            while queue and len(running) < 4 * workers:  # a bounded window keeps memory flat
+                number, chunk = queue.pop()
+                running[pool.submit(trace_chunk, chunk, params)] = number
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                yield running.pop(future), future.result()
 
     return run
 

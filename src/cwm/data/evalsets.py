@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import functools
 import hashlib
 from pathlib import Path
 
@@ -85,6 +86,7 @@ def source_key(source: str) -> str:
     return hashlib.sha256((source if normal is None else normal).encode()).hexdigest()
 
 
-def contamination_keys(names: list[str], path: str | Path | None = None) -> set[str]:
-    """`source_key` of every program of the named evaluation sets."""
-    return {source_key(p.source) for name in names for p in evaluation_programs(name, path)}
+@functools.lru_cache(maxsize=4)
+def contamination_keys(names: tuple[str, ...], path: str | Path | None = None) -> frozenset[str]:
+    """`source_key` of every program of the named evaluation sets (once per process)."""
+    return frozenset(source_key(p.source) for name in names for p in evaluation_programs(name, path))

@@ -119,7 +119,7 @@ def documents(source: PackInput, tok, loss: str, seed: int) -> Iterator[tuple[li
             if kind == "code":
                 text_ids = tok.encode(row["text"])
                 yield [tok.bos_id, *text_ids, tok.eos_id], [0] + [1] * (len(text_ids) + 1)
-            elif row["status"] == "ok":  # a trace that failed or broke the limits is not learned from
+            elif row["cwm_text"] is not None:  # complete traces only: not one stopped by a limit
                 yield trace_document(row_to_trace(row), tok, loss)
 
 

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from cwm.data.build import read_manifest
+from cwm.trace.format import COMPLETE
 
 # The constructs the synthetic generator promises, as AST node kinds (a report lists any missing).
 PROMISED = (
@@ -44,7 +45,7 @@ def dataset_stats(path: str | os.PathLike) -> dict:
         table = pq.read_table(path / name, columns=["status", "num_events", "num_bytes", "source"]).to_pylist()
         for row in table:
             statuses[row["status"]] += 1
-            if row["status"] == "ok":
+            if row["status"] in COMPLETE:
                 events.append(row["num_events"])
                 sizes.append(row["num_bytes"])
                 kinds.update(node_kinds(row["source"]))
@@ -86,7 +87,7 @@ def print_stats(stats: dict) -> None:
     for status, count in stats["statuses"].items():
         table.add_row(status, str(count))
     console.print(table)
-    numbers = Table("per ok trace", "min", "median", "mean", "p90", "max")
+    numbers = Table("per complete trace", "min", "median", "mean", "p90", "max")
     for name in ("events", "bytes"):
         if stats[name]:
             numbers.add_row(name, *(str(stats[name][k]) for k in ("min", "median", "mean", "p90", "max")))

@@ -37,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=500, help="--auto stops after this many frames")
     parser.add_argument("--report", help="write an HTML report of the predicted trace against the real one")
     parser.add_argument("--no-real", action="store_true", help="do not run the program for the real trace")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds the real run may take (sandboxed)")
 
 
 def run(args) -> int:
@@ -47,7 +48,7 @@ def run(args) -> int:
 
     try:
         program = Path(args.file).read_text()
-        context, real, note = prepare(program, args.call, run_real=not args.no_real)
+        context, real, note = prepare(program, args.call, run_real=not args.no_real, timeout=args.timeout)
         backend = open_backend(args.model, args.server, args.tokenizer or args.model, args.device)
         sampling = Sampling(temperature=args.temperature, top_p=args.top_p if args.temperature > 0 else 1.0,
                             max_new_tokens=args.max_frame_tokens)

@@ -8,6 +8,7 @@ release's demo does (demos/cwmdbg.py):
   next   next frame; if it is a call, force <|return_sep|>: the model predicts the callee's
          return value without its body (step over), then the caller's next frame
   out    continue, stepping over calls, until the current function returns, then one more frame
+         (the release's demo stops at the first return, which may be a stepped-over callee's)
   back   drop the last frame
   reset  back to the entry call frame
   set    what-if: give a local of the current frame a new value; later frames follow from it
@@ -26,11 +27,10 @@ from dataclasses import dataclass, field
 
 from cwm.backends import Backend, Sampling
 from cwm.eval import tracetext
-from cwm.eval.tracetext import ENTRY, MARKER, entry_context, entry_frame
 from cwm.eval.metrics import action_of, state_of
 from cwm.eval.oracle import follow_real
+from cwm.eval.tracetext import ENTRY, MARKER, entry_context, entry_frame
 from cwm.trace.format import CALL, LINE, RETURN, Frame
-
 
 
 @dataclass
@@ -68,12 +68,12 @@ class Session:
         return self.current
 
     def step(self) -> Step:
-        if self.done:
+        if not self._can_continue():
             return self.current
         return self._predict(LINE if self._current_event() == CALL else None)
 
     def next(self) -> Step:
-        if self.done:
+        if not self._can_continue():
             return self.current
         self._predict()
         if self._current_event() == CALL and not self.done:
@@ -83,11 +83,18 @@ class Session:
         return self.current
 
     def out(self, max_steps: int = 1000) -> Step:
+        if not self._can_continue():
+            return self.current
+        if self._current_event() == CALL:  # just entered a function: leave it at once
+            self._predict(RETURN)
+            return self._predict() if not self.done and self.current.error is None else self.current
         for _ in range(max_steps):
             if self.done or self.current.error:
                 break
-            self._predict(RETURN if self._current_event() == CALL else None)
-            if self._current_event() == RETURN:
+            self._predict()
+            if self._current_event() == CALL and not self.done:
+                self._predict(RETURN)  # a callee: its return value without its body; keep going
+            elif self._current_event() == RETURN:  # the current function returned
                 if not self.done:
                     self._predict()
                 break
@@ -160,15 +167,20 @@ class Session:
     def _current_event(self) -> str | None:
         return self.current.frame.event if self.current.frame else None
 
+    def _can_continue(self) -> bool:
+        if self.current.error:
+            raise ValueError("the current frame is malformed; `back` drops it, `reset` starts over")
+        return not self.done
+
     def _predict(self, forced: str | None = None) -> Step:
         forced_ids = [self.tok.special_id(f"<|{forced}_sep|>")] if forced else []
-        prompt = self.context_ids + [t for s in self.steps for t in s.ids] + forced_ids
-        completion = self.backend.complete(prompt, stop=["<|frame_sep|>"], sampling=self.sampling)
+        before = self.context_ids + [t for s in self.steps for t in s.ids]
+        completion = self.backend.complete(before + forced_ids, stop=["<|frame_sep|>"], sampling=self.sampling)
         tokens = forced_ids + completion.tokens
         if completion.tokens[:1] == [self.tok.eos_id] or (not completion.tokens and not forced):
             self.done = True
             return self.current
-        frames, error = tracetext.parse_frames(self.tok, self.context, [s.frame for s in self.steps], tokens)
+        frames, error = tracetext.parse_frames(self.tok, before, tokens)
         if frames and error is None and completion.finish_reason == "stop":
             step = Step(frames[0], tokens, self.tok.decode(tokens))
         else:
@@ -181,7 +193,8 @@ class Session:
         return step
 
 
-def prepare(program: str, call: str, run_real: bool = True) -> tuple[str, list[Frame] | None, str | None]:
+def prepare(program: str, call: str, run_real: bool = True, timeout: float = 10.0,
+            ) -> tuple[str, list[Frame] | None, str | None]:
     """The session's context and, if the program runs (in the sandbox), its real trace.
 
     Returns (context, real frames or None, a note for the user or None).
@@ -192,7 +205,7 @@ def prepare(program: str, call: str, run_real: bool = True) -> tuple[str, list[F
     from cwm.trace import trace_call
     from cwm.trace.sandbox import Limits, run_function
 
-    result = run_function(trace_call, context.replace(MARKER, ""), f"{ENTRY}()", limits=Limits(timeout=10))
+    result = run_function(trace_call, context.replace(MARKER, ""), f"{ENTRY}()", limits=Limits(timeout=timeout))
     if not result.ok:
         return context, None, f"note: the real program could not be traced ({result.status}: {result.error}); predictions only"
     trace = result.value

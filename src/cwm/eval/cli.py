@@ -61,17 +61,21 @@ def _run(args) -> int:
     temperature = args.temperature if args.temperature is not None else (0.0 if samples == 1 else 0.2)
     sampling = Sampling(temperature=temperature, top_p=args.top_p if temperature > 0 else 1.0,
                         max_new_tokens=args.max_new_tokens, seed=args.seed)
-    backend = open_backend(args.model, args.server, args.tokenizer or args.model, args.device)
-    started = time.time()
+    # The data first: a bad path should not wait for a large model to load.
     if args.task == "cruxeval":
         from cwm.eval.cruxeval import load_cruxeval, run_cruxeval
 
         items = load_cruxeval(args.data, args.limit)
-        results = run_cruxeval(backend, items, args.mode, samples, sampling)
     else:
         from cwm.eval.traces import load_cases, run_traces
 
-        results = run_traces(backend, load_cases(args.data, args.limit), args.mode, sampling)
+        cases = load_cases(args.data, args.limit)
+    backend = open_backend(args.model, args.server, args.tokenizer or args.model, args.device)
+    started = time.time()
+    if args.task == "cruxeval":
+        results = run_cruxeval(backend, items, args.mode, samples, sampling)
+    else:
+        results = run_traces(backend, cases, args.mode, sampling)
     results["config"] = {k: v for k, v in vars(args).items() if k != "func"} | {
         "temperature": temperature, "seconds": round(time.time() - started, 2)}
     out = Path(args.out or f"eval-{args.task}-{time.strftime('%Y%m%d-%H%M%S')}.json")

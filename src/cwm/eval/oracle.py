@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cwm.backends import Completion, Sampling, BackendError, cut_at_stop_string, encode_prompt, split_stops
+from cwm.backends import BackendError, Completion, Sampling, encode_prompt, split_stops
 from cwm.trace.format import CALL, RETURN, Frame
 
 
@@ -109,3 +109,13 @@ class OracleSet:
             if ids[: len(oracle.context_ids)] == oracle.context_ids:
                 return oracle.complete(ids, stop, sampling)
         raise BackendError("no trace of this oracle matches the prompt's context")
+
+
+def cut_at_stop_string(tokenizer, tokens: list[int], strings: list[str]) -> list[int] | None:
+    """The shortest prefix of `tokens` whose text contains a stop string, or None."""
+    if not strings or not any(s in tokenizer.decode(tokens) for s in strings):
+        return None
+    for end in range(1, len(tokens) + 1):
+        if any(s in tokenizer.decode(tokens[:end]) for s in strings):
+            return tokens[:end]
+    return tokens

@@ -9,7 +9,7 @@ frame 1. Two modes:
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +42,7 @@ def predict_free(backend: Backend, case: Case, sampling: Sampling) -> Prediction
     given = case.frames[:1]
     prompt = tracetext.context_ids(tok, case.context) + tracetext.frames_ids(tok, case.context, given)[0]
     out = backend.complete(prompt, stop=[], sampling=sampling)
-    frames, error = tracetext.parse_frames(tok, case.context, given, out.tokens)
+    frames, error = tracetext.parse_frames(tok, prompt, out.tokens)
     if error is None and out.tokens[-1:] != [tok.eos_id]:
         error = f"the trace did not end with <|end_of_text|> within {sampling.max_new_tokens} tokens"
     return Prediction(frames, float(error is None), error, out.text)
@@ -56,7 +56,7 @@ def predict_teacher_forced(backend: Backend, case: Case, sampling: Sampling) -> 
     for k in range(1, len(case.frames)):
         prompt = context + [t for ids in real_ids[:k] for t in ids]
         out = backend.complete(prompt, stop=["<|frame_sep|>"], sampling=sampling)
-        got, error = tracetext.parse_frames(tok, case.context, case.frames[:k], out.tokens)
+        got, error = tracetext.parse_frames(tok, prompt, out.tokens)
         if error is None and (len(got) != 1 or out.finish_reason != "stop"):
             error = f"step {k}: expected one frame ending with <|frame_sep|>, got {out.text[:80]!r}"
         parsed += error is None
@@ -96,7 +96,7 @@ def load_cases(dataset: str | Path, limit: int | None = None) -> list[Case]:
 
 
 def frames_to_json(frames: list[Frame]) -> list[dict]:
-    return [json.loads(json.dumps(f.__dict__)) for f in frames]
+    return [dataclasses.asdict(f) for f in frames]
 
 
 def run_traces(backend: Backend, cases: list[Case], mode: str, sampling: Sampling) -> dict:

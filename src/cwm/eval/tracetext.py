@@ -30,15 +30,36 @@ def frames_ids(tok, context: str, frames: list[Frame]) -> list[list[int]]:
     return trace_frames_ids(tok, Trace(source=context, entry=f"{ENTRY}()", frames=list(frames)))
 
 
-def parse_frames(tok, context: str, before: list[Frame], tokens: list[int]) -> tuple[list[Frame], str | None]:
-    """The frames in `tokens` (model output that follows the frames `before`), with `".."` resolved
-    through the earlier frames. Returns (the frames read, None) or (those read up to the
-    problem, a description of where the text stopped being a trace)."""
-    from cwm.trace.format import parse_cwm_text
+def parse_frames(tok, prompt: list[int], tokens: list[int]) -> tuple[list[Frame], str | None]:
+    """The frames in `tokens`, model output that continues `prompt` (a context and whole frames).
 
-    prefix = context_ids(tok, context) + [t for ids in frames_ids(tok, context, before) for t in ids]
-    parsed = parse_cwm_text(tok.decode(prefix + list(tokens)))
-    return parsed.frames[len(before):], parsed.error
+    The prompt is parsed with them, so `".."` resolves through exactly what the model saw.
+    Returns (the new frames, None), or (the new frames read before the problem, where the text
+    stopped being a trace)."""
+    from cwm.trace.format import parse_cwm_pieces
+
+    before = prompt.count(tok.frame_sep_id) - 1  # frames in the prompt; the first sep ends the context
+    parsed = parse_cwm_pieces(pieces(tok, list(prompt) + list(tokens)))
+    if len(parsed.frames) < before:
+        raise ValueError(f"the prompt itself does not parse as a trace: {parsed.error}")
+    return parsed.frames[before:], parsed.error
+
+
+def pieces(tok, ids: list[int]) -> list[tuple[str, bool]]:
+    """Token ids as (text, is_special) pieces: a value that merely spells a special token stays text."""
+    out: list[tuple[str, bool]] = []
+    run: list[int] = []
+    for t in ids:
+        if tok.is_special(t):
+            if run:
+                out.append((tok.decode(run), False))
+                run = []
+            out.append((tok.decode([t]), True))
+        else:
+            run.append(t)
+    if run:
+        out.append((tok.decode(run), False))
+    return out
 
 
 def context_of(cwm_text: str) -> str:

@@ -5,7 +5,7 @@ slots on sliding layers (a sliding layer never looks further back, so its memory
 at the window). The token at position p lives in slot p % size. Attention does not care about
 the order of keys, so a decode step writes its key and attends to all filled slots without a
 mask, unless rows mix documents (left padding in a batch), where a mask on the slots' document
-ids keeps each row to its own document.
+ids keeps each row to its own document. The rotary table for all positions is computed once here.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from cwm.model.config import ModelConfig
-from cwm.model.transformer import attention_mask
+from cwm.model.transformer import attention_kwargs, attention_mask, rope_inv_freq, rope_table
 
 
 class KVCache:
@@ -28,59 +28,63 @@ class KVCache:
             shape = (batch_size, cfg.n_kv_heads, self.sizes[cfg.window(layer)], cfg.head_dim)
             self.keys.append(torch.zeros(shape, device=device, dtype=dtype))
             self.values.append(torch.zeros(shape, device=device, dtype=dtype))
-        # Per window: the position each slot holds (-1: empty) and, per row, its document id.
-        self.slot_pos = {w: torch.full((s,), -1, device=device) for w, s in self.sizes.items()}
-        self.slot_doc = {w: torch.zeros(batch_size, s, dtype=torch.long, device=device) for w, s in self.sizes.items()}
+        positions = torch.arange(max_len, device=device)
+        self.cos, self.sin = rope_table(positions, rope_inv_freq(cfg, device=device), dtype)
         self.doc = torch.zeros(batch_size, dtype=torch.long, device=device)  # each row's current document
-        self.mixed_docs = False  # True once some row holds more than one document
+        # Once rows hold several documents: per window, the document id in each slot.
+        self.slot_doc: dict[int | None, torch.Tensor] | None = None
         self._start = 0
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values)
 
     def begin(self, T: int, doc_ids: torch.Tensor | None):
-        """Account for T new tokens (doc_ids None: each row continues its document); return their
-        positions and the SDPA arguments for each window size."""
+        """Account for T new tokens (doc_ids None: each row continues its document); return the
+        rotary table for their positions and the SDPA arguments for each window size."""
         start, end = self.length, self.length + T
         if end > self.max_len:
             raise ValueError(f"the KV cache holds {self.max_len} tokens; {end} were asked for")
-        positions = torch.arange(start, end, device=self.doc.device)
+        rope = (self.cos[start:end], self.sin[start:end])
+        self._start, self.length = start, end
+        if doc_ids is not None and self.slot_doc is None:
+            previous = self.doc[:, None] if start else doc_ids[:, :1]
+            if (doc_ids != previous).any():  # from now on, track documents per slot
+                self.slot_doc = {w: self.doc[:, None].repeat(1, s) for w, s in self.sizes.items()}
         if doc_ids is None:
             doc_ids = self.doc[:, None].expand(-1, T)
-        elif not self.mixed_docs:
-            self.mixed_docs = bool((doc_ids != (self.doc[:, None] if start else doc_ids[:, :1])).any())
-        decode = T == 1 and start > 0
-        attn = {} if decode else {w: self._chunk_kwargs(w, start, positions, doc_ids) for w in self.sizes}
-        for window, size in self.sizes.items():  # record what each slot now holds
-            kept = positions[max(0, T - size) :]  # only the last `size` new tokens stay
-            self.slot_pos[window][kept % size] = kept
-            self.slot_doc[window][:, kept % size] = doc_ids[:, max(0, T - size) :]
-        if decode:
-            for window, size in self.sizes.items():
-                n = min(end, size)
-                mask = (self.slot_doc[window][:, :n] == doc_ids)[:, None, None, :] if self.mixed_docs else None
-                attn[window] = {"attn_mask": mask}
-        self.doc = doc_ids[:, -1].clone()
-        self._start, self.length = start, end
-        return positions, attn
 
-    def _chunk_kwargs(self, window, start, positions, doc_ids) -> dict:
-        """SDPA arguments for T > 1 new tokens, laid out as `update` returns the keys."""
-        T, size = positions.shape[0], self.sizes[window]
-        if start == 0 and not self.mixed_docs and (window is None or window >= T):
-            return {"is_causal": True}
-        if start == 0:
-            k_pos, k_doc = positions, doc_ids
-        elif size == self.max_len:  # never wraps: slots 0 .. end-1 in order
-            k_pos = torch.arange(start + T, device=positions.device)
-            k_doc = torch.cat((self.slot_doc[window][:, :start], doc_ids), dim=1)
-        else:  # the ring's old contents, then the new tokens
-            n = min(start, size)
-            k_pos = torch.cat((self.slot_pos[window][:n], positions))
-            k_doc = torch.cat((self.slot_doc[window][:, :n], doc_ids), dim=1)
-        if not self.mixed_docs:
-            doc_ids = k_doc = None
-        return {"attn_mask": attention_mask(positions, k_pos, window, doc_ids, k_doc)}
+        if T == 1 and start > 0:  # decode: attend to every filled slot
+            attn = {}
+            for window, size in self.sizes.items():
+                mask = None
+                if self.slot_doc is not None:
+                    self.slot_doc[window][:, start % size] = doc_ids[:, 0]
+                    mask = (self.slot_doc[window][:, : min(end, size)] == doc_ids)[:, None, None, :]
+                attn[window] = {"attn_mask": mask}
+        else:
+            attn = {window: self._chunk_kwargs(window, start, doc_ids) for window in self.sizes}
+            if self.slot_doc is not None:
+                for window, size in self.sizes.items():
+                    kept = torch.arange(max(start, end - size), end, device=doc_ids.device)
+                    self.slot_doc[window][:, kept % size] = doc_ids[:, kept - start]
+        self.doc = doc_ids[:, -1].clone()
+        return rope, attn
+
+    def _chunk_kwargs(self, window, start, doc_ids) -> dict:
+        """SDPA arguments for T > 1 new tokens, keys laid out as `update` returns them."""
+        T, size, device = doc_ids.shape[1], self.sizes[window], doc_ids.device
+        if start == 0:  # a prefill attends like an uncached forward
+            return attention_kwargs(T, window, None if self.slot_doc is None else doc_ids, device)
+        positions = torch.arange(start, start + T, device=device)
+        if size == self.max_len:  # never wraps: slots 0 .. end-1 in order
+            k_pos = torch.arange(start + T, device=device)
+        else:  # the ring's old contents (slot s holds the last position = s mod size), then the new tokens
+            slots = torch.arange(min(start, size), device=device)
+            k_pos = torch.cat((start - 1 - (start - 1 - slots) % size, positions))
+        if self.slot_doc is None:
+            return {"attn_mask": attention_mask(positions, k_pos, window)}
+        k_doc = torch.cat((self.slot_doc[window][:, : len(k_pos) - T], doc_ids), 1)
+        return {"attn_mask": attention_mask(positions, k_pos, window, doc_ids, k_doc)[:, None]}
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store a layer's new keys/values [B, kv_heads, T, head_dim]; return the keys/values to attend to."""

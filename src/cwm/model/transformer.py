@@ -40,7 +40,7 @@ def rope_inv_freq(cfg: ModelConfig, device=None) -> torch.Tensor:
     return torch.where(in_band, smoothed, scaled)
 
 
-def rope_table(cfg: ModelConfig, positions: torch.Tensor, inv_freq: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_table(positions: torch.Tensor, inv_freq: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and signed sin for `positions`, [T, 1, head_dim], ready for `apply_rope`."""
     freqs = torch.outer(positions.float(), inv_freq.float())
     cos, sin = freqs.cos(), freqs.sin()
@@ -56,14 +56,65 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> 
 
 def attention_mask(q_pos, k_pos, window: int | None, q_doc=None, k_doc=None) -> torch.Tensor:
     """Which keys each query may see: causal, within `window` (the query and window-1 before it),
-    and, given document ids, only its own document. Shape [T, S] or [B, 1, T, S]."""
-    offset = q_pos[:, None] - k_pos[None, :]
-    mask = (offset >= 0) & (k_pos >= 0)[None, :]  # k_pos -1 marks an empty cache slot
+    and, given document ids, only its own document. q_pos [..., T], k_pos [..., S] (-1: an empty
+    slot), docs [B, ..., T] and [B, ..., S]; the mask is [..., T, S], or [B, ..., T, S] with docs."""
+    offset = q_pos[..., :, None] - k_pos[..., None, :]
+    mask = (offset >= 0) & (k_pos[..., None, :] >= 0)
     if window is not None:
         mask &= offset < window
     if q_doc is not None:
-        mask = (mask & (q_doc[:, :, None] == k_doc[:, None, :]))[:, None]
+        mask = mask & (q_doc[..., :, None] == k_doc[..., None, :])
     return mask
+
+
+def _in_blocks(x: torch.Tensor, window: int, n_blocks: int) -> torch.Tensor:
+    """[B, heads, T, D] -> [B * n_blocks, heads, 2 * window, D]: for each block of `window`
+    queries, the keys of the block before it and of its own (zeros before the start)."""
+    B, heads, T, D = x.shape
+    x = F.pad(x, (0, 0, window, n_blocks * window - T)).view(B, heads, n_blocks + 1, window, D)
+    pairs = torch.cat((x[:, :, :-1], x[:, :, 1:]), dim=3)
+    return pairs.transpose(1, 2).reshape(B * n_blocks, heads, 2 * window, D)
+
+
+def blocked_window_mask(T: int, window: int, doc_ids=None, device=None) -> torch.Tensor:
+    """The mask for `blocked_window_attention`, [B * n_blocks, 1, window, 2 * window]."""
+    n_blocks = -(-T // window)
+    starts = torch.arange(n_blocks, device=device)[:, None] * window
+    q_pos = starts + torch.arange(window, device=device)  # [n_blocks, window]
+    k_pos = starts - window + torch.arange(2 * window, device=device)  # [n_blocks, 2 * window]
+    if doc_ids is None:
+        return attention_mask(q_pos, k_pos, window)[:, None]  # broadcasts over a batch of 1 only
+    docs = F.pad(doc_ids, (window, n_blocks * window - T), value=-1).view(doc_ids.shape[0], n_blocks + 1, window)
+    q_doc, k_doc = docs[:, 1:], torch.cat((docs[:, :-1], docs[:, 1:]), dim=2)
+    return attention_mask(q_pos, k_pos, window, q_doc, k_doc).flatten(0, 1)[:, None]
+
+
+def blocked_window_attention(q, k, v, window: int, mask: torch.Tensor) -> torch.Tensor:
+    """Sliding-window attention for T well above the window: queries in blocks of `window`, each
+    attending to 2 * window keys, so the cost is T * 2W rather than the T * T of a masked SDPA.
+    Padding queries past T see their own (zero) keys, so no row of the mask is empty."""
+    B, H, T, D = q.shape
+    n_blocks = -(-T // window)
+    if mask.shape[0] != B * n_blocks:  # the doc-free mask is shared by every sequence
+        mask = mask.repeat(B, 1, 1, 1)
+    queries = F.pad(q, (0, 0, 0, n_blocks * window - T)).view(B, H, n_blocks, window, D)
+    queries = queries.transpose(1, 2).reshape(B * n_blocks, H, window, D)
+    y = F.scaled_dot_product_attention(
+        queries, _in_blocks(k, window, n_blocks), _in_blocks(v, window, n_blocks), attn_mask=mask, enable_gqa=H != k.shape[1]
+    )
+    return y.view(B, n_blocks, H, window, D).transpose(1, 2).reshape(B, H, n_blocks * window, D)[:, :, :T]
+
+
+def attention_kwargs(T: int, window: int | None, doc_ids=None, device=None) -> dict:
+    """How T tokens from position 0 attend, for one window size: plain `is_causal` where no
+    mask is needed (fastest), blocks where the window is well below T, else a mask."""
+    if doc_ids is None and (window is None or window >= T):
+        return {"is_causal": True}
+    if window is not None and T > 2 * window:
+        return {"blocked_window": window, "mask": blocked_window_mask(T, window, doc_ids, device)}
+    positions = torch.arange(T, device=device)
+    mask = attention_mask(positions, positions, window, doc_ids, doc_ids)
+    return {"attn_mask": mask if doc_ids is None else mask[:, None]}
 
 
 class Attention(nn.Module):
@@ -84,7 +135,10 @@ class Attention(nn.Module):
         v = qkv[:, :, H + K :].transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
-        y = F.scaled_dot_product_attention(q, k, v, **attn, enable_gqa=H != K)
+        if "blocked_window" in attn:
+            y = blocked_window_attention(q, k, v, attn["blocked_window"], attn["mask"])
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, **attn, enable_gqa=H != K)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, H * self.head_dim))
 
 
@@ -145,9 +199,9 @@ class Transformer(nn.Module):
         if cache is None:
             if T > self.cfg.max_seq_len:
                 raise ValueError(f"sequence of {T} tokens is longer than max_seq_len {self.cfg.max_seq_len}")
-            positions = torch.arange(T, device=tokens.device)
-            rope = rope_table(self.cfg, positions, self.inv_freq, x.dtype)
-            attn = self._attention_kwargs(positions, doc_ids)
+            rope = rope_table(torch.arange(T, device=tokens.device), self.inv_freq, x.dtype)
+            windows = {block.window for block in self.layers}
+            attn = {w: attention_kwargs(T, w, doc_ids, tokens.device) for w in windows}
         else:
             rope, attn = cache.begin(T, doc_ids)
         for block in self.layers:
@@ -155,18 +209,6 @@ class Transformer(nn.Module):
         if last_only:
             x = x[:, -1:]
         return self.lm_head(self.norm(x))
-
-    def _attention_kwargs(self, positions, doc_ids) -> dict:
-        """SDPA arguments per window size; plain `is_causal` where no mask is needed (fastest)."""
-        T = positions.shape[0]
-        kwargs = {}
-        for window in {block.window for block in self.layers}:
-            if doc_ids is None and (window is None or window >= T):
-                kwargs[window] = {"is_causal": True}
-            else:
-                mask = attention_mask(positions, positions, window, doc_ids, doc_ids)
-                kwargs[window] = {"attn_mask": mask}
-        return kwargs
 
     @torch.no_grad()
     def init_weights(self, seed: int | None = None) -> None:

@@ -84,6 +84,19 @@ class ValueRenderer:
     # -- text ---------------------------------------------------------------------------------
     def render(self, value) -> tuple[str, bool]:
         """(text, truncated): the exact repr, or its first `limit` characters + "..."."""
+        t = type(value)
+        if t in _SHORT or (t is str and len(value) <= self.limit) or (t is int and value.bit_length() < 256):
+            text = repr(value)  # the common case, in C
+            if len(text) <= self.limit:
+                return text, False
+        elif (t is list or t is tuple) and len(value) <= 32 and _simple(value, self.limit):
+            text = repr(value)  # a small container of numbers and short strings, in C
+            if len(text) <= self.limit:
+                return text, False
+        elif t is dict and len(value) <= 32 and _simple(value, self.limit) and _simple(value.values(), self.limit):
+            text = repr(value)
+            if len(text) <= self.limit:
+                return text, False
         parts: list[str] = []
         left = self._walk(value, parts, self.limit + 1, set())
         text = "".join(parts)
@@ -159,6 +172,23 @@ class ValueRenderer:
 
     def _items(self, items, open_, close, out, budget, active) -> int:
         budget = _emit(out, open_, budget)
+        # Fast path: items that are numbers or short strings are written by C's repr, a chunk at
+        # a time, each chunk sized from the characters per item seen so far, until the budget is spent.
+        if type(items) in (list, tuple):
+            done, chunk = 0, 16
+            while done < len(items) and budget > 0:
+                head = items[done : done + chunk]
+                if not _simple(head, budget):
+                    break
+                text = repr(list(head) if type(head) is tuple else head)[1:-1]
+                budget = _emit(out, text if done == 0 else ", " + text, budget)
+                done += len(head)
+                chunk = int(budget / (len(text) / len(head) + 2) * 1.1) + 4
+            else:
+                return _emit(out, close, budget) if budget > 0 else budget
+            items = items[done:]
+            if done:
+                budget = _emit(out, ", ", budget)
         first = True
         for x in items:
             if budget <= 0:
@@ -171,6 +201,9 @@ class ValueRenderer:
 
     def _pairs(self, d, open_, close, out, budget, active) -> int:
         budget = _emit(out, open_, budget)
+        if len(d) <= budget // 6 + 1 and _simple(d, budget) and _simple(d.values(), budget):
+            budget = _emit(out, dict.__repr__(d)[1:-1], budget)  # fast path, as in _items
+            return _emit(out, close, budget) if budget > 0 else budget
         first = True
         for k, x in d.items():
             if budget <= 0:
@@ -189,6 +222,23 @@ _RECURSION = {
     list: "[...]", tuple: "(...)", dict: "{...}", set: "set(...)", frozenset: "frozenset(...)",
     deque: "[...]", defaultdict: "{...}", OrderedDict: "...", Counter: "...",
 }
+
+
+_SHORT = frozenset({float, complex, bool, type(None), type(Ellipsis), range})  # reprs of a few dozen characters
+_NUMBERS = frozenset({int, float, bool, type(None)})
+
+
+def _simple(items, budget: int) -> bool:
+    """Only small ints, floats, bools, None and strings of bounded total length (C-speed checks)."""
+    types_ = set(map(type, items))
+    if types_ <= _NUMBERS:
+        if int not in types_:
+            return True
+        ints = items if len(types_) == 1 else [x for x in items if type(x) is int]
+        return max(max(ints), -min(ints)).bit_length() < 256  # no huge int to convert
+    if types_ == {str}:
+        return sum(map(len, items)) <= 4 * budget
+    return False
 
 
 def _emit(out: list[str], s: str, budget: int) -> int:

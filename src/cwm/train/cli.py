@@ -13,9 +13,13 @@ import sys
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="a training config (TOML), e.g. configs/smoke.toml")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="override config values (TOML syntax)")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="section.key=value", help="override config values (TOML syntax)"
+    )
     parser.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
-    parser.add_argument("--dry-run", action="store_true", help="build the model on the meta device and print the plan; train nothing")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="build the model on the meta device and print the plan; train nothing"
+    )
 
 
 def run(args) -> int:
@@ -64,7 +68,10 @@ def print_plan(cfg) -> None:
         ("model", f"{cfg.model.preset} ({m.n_layers} layers, dim {m.dim}, vocab {m.vocab_size})"),
         ("parameters", f"{params:,} ({params / 1e9:.2f}B)"),
         ("init from", cfg.model.init_from or "random init"),
-        ("data", ", ".join(f"{p} x{w:g}" for p, w in zip(cfg.data.train, cfg.data.weights or [1.0] * len(cfg.data.train)))),
+        (
+            "data",
+            ", ".join(f"{p} x{w:g}" for p, w in zip(cfg.data.train, cfg.data.weights or [1.0] * len(cfg.data.train))),
+        ),
         ("context", f"{plan.seq_len - 1:,} tokens (packed rows of {plan.seq_len:,})"),
         ("devices", f"{world} ({'FSDP2' if sharded else t.parallel.upper() if world > 1 else 'single'})"),
         ("global batch", f"{t.global_batch_size:,} sequences = {plan.tokens_per_step:,} tokens"),
@@ -78,7 +85,12 @@ def print_plan(cfg) -> None:
     total = sum(memory.values())
     rows.append(("memory/device: total", format_bytes(total)))
     if total > 80 * 1024**3:
-        rows.append(("[bold red]warning[/]", "over an 80 GiB GPU: needs context parallelism or a chunked loss (not implemented)"))
+        rows.append(
+            (
+                "[bold red]warning[/]",
+                "over an 80 GiB GPU: needs context parallelism or a chunked loss (not implemented)",
+            )
+        )
     for row in rows:
         table.add_row(*row)
     Console().print(table)

@@ -12,10 +12,11 @@ import dataclasses
 import difflib
 import json
 import math
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomllib
 
 
 class ConfigError(ValueError):
@@ -211,14 +212,19 @@ def check_config(cfg: TrainConfig) -> None:
         f"train.global_batch_size ({t.global_batch_size}) must be a multiple of micro_batch_size ({t.micro_batch_size})",
     )
     need(o.lr > 0 and math.isfinite(o.lr), f"optim.lr = {o.lr} must be a positive number")
-    need(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), f"optim.betas = {o.betas} must be two numbers in [0, 1)")
+    need(
+        len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), f"optim.betas = {o.betas} must be two numbers in [0, 1)"
+    )
     need(0 <= s.min_lr_ratio <= 1, f"schedule.min_lr_ratio = {s.min_lr_ratio} must be in [0, 1]")
     need(0 < s.decay_fraction <= 1, f"schedule.decay_fraction = {s.decay_fraction} must be in (0, 1]")
     need(s.warmup_steps >= 0, "schedule.warmup_steps must be >= 0")
     need(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last must be >= 1")
     need(cfg.log.every >= 1, "log.every must be >= 1")
     if d.weights:
-        need(len(d.weights) == len(d.train), f"data.weights has {len(d.weights)} entries for {len(d.train)} data.train dirs")
+        need(
+            len(d.weights) == len(d.train),
+            f"data.weights has {len(d.weights)} entries for {len(d.train)} data.train dirs",
+        )
         need(all(w >= 0 for w in d.weights) and sum(d.weights) > 0, "data.weights must be >= 0 with a positive sum")
 
 
@@ -229,7 +235,9 @@ def check_data_paths(cfg: TrainConfig) -> None:
     for key in ("train", "valid"):
         for p in getattr(cfg.data, key):
             if not (Path(p) / "meta.json").is_file():
-                raise ConfigError(f"data.{key}: {p} is not a packed dataset (no meta.json); build it with `cwm data pack`")
+                raise ConfigError(
+                    f"data.{key}: {p} is not a packed dataset (no meta.json); build it with `cwm data pack`"
+                )
 
 
 # ---------------------------------------------------------------------------------------------

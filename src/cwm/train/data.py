@@ -71,7 +71,9 @@ class MixtureSampler:
 
     def next_indices(self, size: int) -> list[tuple[int, int]]:
         """(dataset, row) for the next global batch of `size` rows."""
-        choices = np.random.default_rng([self.seed, 1 << 20, self.step]).choice(len(self.datasets), size=size, p=self.probs)
+        choices = np.random.default_rng([self.seed, 1 << 20, self.step]).choice(
+            len(self.datasets), size=size, p=self.probs
+        )
         out = []
         for d in choices.tolist():
             out.append((d, self._row(d, self.taken[d])))
@@ -84,10 +86,7 @@ class MixtureSampler:
         indices = self.next_indices(global_size)
         per_rank = global_size // world
         mine = indices[rank * per_rank : (rank + 1) * per_rank]
-        return [
-            make_batch([self.datasets[d][r] for d, r in mine[i : i + micro]])
-            for i in range(0, len(mine), micro)
-        ]
+        return [make_batch([self.datasets[d][r] for d, r in mine[i : i + micro]]) for i in range(0, len(mine), micro)]
 
     def state_dict(self) -> dict:
         return {"step": self.step, "taken": list(self.taken), "seed": self.seed}

@@ -147,16 +147,7 @@ class Trainer:
 
         self.cfg = cfg
         self.info = info or init_distributed(cfg.train.device)
-        check_data_paths(cfg)
-        try:
-            self.train_sets = open_datasets(cfg.data.train)
-            self.valid_sets = open_datasets(cfg.data.valid)
-        except (OSError, ValueError) as e:  # a truncated or foreign directory
-            raise ConfigError(f"data: {e}") from None
-        seq_lens = {ds.seq_len for ds in self.train_sets + self.valid_sets}
-        if len(seq_lens) > 1 or (cfg.data.seq_len and seq_lens != {cfg.data.seq_len}):
-            raise ConfigError(f"packed datasets have seq_len {sorted(seq_lens)}; data.seq_len is {cfg.data.seq_len} (0 = any, but one)")
-        self.plan = make_plan(cfg, self.info.world_size, seq_lens.pop())
+        self.plan = make_plan(cfg, self.info.world_size, self._open_data())
         mc = self.plan.model_config
         for path, ds in zip(cfg.data.train + cfg.data.valid, self.train_sets + self.valid_sets):
             if ds.vocab_size > mc.vocab_size:
@@ -183,7 +174,13 @@ class Trainer:
         self.step = 0
         resume_from = ckpt.latest_checkpoint(self.run_dir) if resume else None
         if resume_from is not None:
-            self.step = ckpt.load_checkpoint(resume_from, self.model, self.optimizer, self.scheduler, self.sampler, self.info)
+            try:
+                self.step = ckpt.load_checkpoint(
+                    resume_from, self.model, self.optimizer, self.scheduler, self.sampler, self.info
+                )
+            except (ValueError, RuntimeError, KeyError) as e:
+                first = str(e).strip().splitlines()[0]
+                raise ConfigError(f"--resume: {resume_from} does not fit this config: {first}") from None
         if self.info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.toml").write_text(dump_toml(cfg))
@@ -196,6 +193,23 @@ class Trainer:
             self.logger.print(f"resumed from {resume_from} at step {self.step}")
         elif resume:
             self.logger.print(f"no checkpoint in {self.run_dir}; starting from step 0")
+
+    def _open_data(self) -> int:
+        """Open the packed datasets; returns their common row length."""
+        cfg = self.cfg
+        check_data_paths(cfg)
+        try:
+            self.train_sets = open_datasets(cfg.data.train)
+            self.valid_sets = open_datasets(cfg.data.valid)
+        except (OSError, ValueError) as e:  # a truncated or foreign directory
+            raise ConfigError(f"data: {e}") from None
+        lengths = {ds.seq_len for ds in self.train_sets + self.valid_sets}
+        if len(lengths) > 1 or (cfg.data.seq_len and lengths != {cfg.data.seq_len}):
+            raise ConfigError(
+                f"data: the packed datasets have rows of {sorted(lengths)} tokens, data.seq_len is "
+                f"{cfg.data.seq_len}; all must be equal (data.seq_len = 0 takes the datasets')"
+            )
+        return lengths.pop()
 
     def _load_init(self, model, path: str) -> None:
         from cwm.model import load_pretrained
@@ -222,7 +236,9 @@ class Trainer:
 
     def _describe(self) -> str:
         info, plan = self.info, self.plan
-        mode = {False: "single process"}.get(info.enabled, "FSDP2" if self.cfg.train.parallel == "fsdp" else "DDP")
+        mode = "single process"
+        if info.enabled:
+            mode = "FSDP2" if self.cfg.train.parallel == "fsdp" else "DDP"
         # Under FSDP2 parameters are DTensors; their local shard is what this rank holds.
         local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in self.model.parameters())
         total = sum(p.numel() for p in self.model.parameters())
@@ -237,8 +253,10 @@ class Trainer:
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor, int]:
         """One optimizer step; returns (mean loss, grad norm, target count) of the global batch."""
         info, cfg = self.info, self.cfg
-        batches = self.sampler.next_batches(cfg.train.global_batch_size, cfg.train.micro_batch_size, info.rank, info.world_size)
-        counts = torch.tensor([float(sum(b.num_targets for b in batches))])
+        batches = self.sampler.next_batches(
+            cfg.train.global_batch_size, cfg.train.micro_batch_size, info.rank, info.world_size
+        )
+        counts = torch.tensor([float(sum(b.num_targets for b in batches))], device=info.device)
         n_targets = max(1.0, all_reduce_sum(counts).item())
         # DDP and FSDP average gradients over ranks; the world factor turns that back into a sum.
         scale = info.world_size / n_targets
@@ -256,7 +274,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return all_reduce_sum(loss_sum.cpu().reshape(1)) / n_targets, grad_norm, int(n_targets)
+        return all_reduce_sum(loss_sum.reshape(1)) / n_targets, grad_norm, int(n_targets)
 
     def _grad_sync(self, last: bool):
         """Skip the gradient all-reduce on all but the last micro-batch of a step."""
@@ -272,13 +290,15 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         cfg, info = self.cfg, self.info
         self.model.eval()
-        metrics, total = {}, torch.zeros(2)
+        metrics, total = {}, torch.zeros(2, device=info.device)
         for path, ds in zip(cfg.data.valid, self.valid_sets):
-            sums = torch.zeros(2)  # loss sum, target count
-            for batch in validation_batches(ds, cfg.train.micro_batch_size, cfg.eval.max_batches, info.rank, info.world_size):
+            sums = torch.zeros(2, device=info.device)  # loss sum, target count
+            for batch in validation_batches(
+                ds, cfg.train.micro_batch_size, cfg.eval.max_batches, info.rank, info.world_size
+            ):
                 batch = batch.to(info.device)
                 with self.autocast():
-                    sums[0] += token_loss_sum(self.model, batch).item()
+                    sums[0] += token_loss_sum(self.model, batch)
                 sums[1] += batch.num_targets
             all_reduce_sum(sums)
             metrics[f"val_loss/{dataset_name(path)}"] = (sums[0] / sums[1].clamp(min=1)).item()

@@ -1,0 +1,144 @@
+"""The CWM text and JSON formats: the spec's example byte for byte, pieces, parsing, round trips."""
+
+import re
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cwm.trace.format import outcome
+from cwm.trace import (
+    CALL, EXCEPTION, LINE, RETURN, Frame, Trace, TraceParseError, frame_pieces, frame_text, from_json,
+    parse_cwm_pieces, parse_cwm_text, prompt_text, to_cwm_pieces, to_cwm_text, to_json, trace_call,
+)  # fmt: skip
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SPEC_PROGRAM = "def g(a, b):\n    return a * b\n\ndef f(x):\n    y = g(x, 2)\n    return y\n"
+SPEC_TEXT = (
+    '<|begin_of_text|><|trace_context_start|>def g(a, b):\n    return a * b\n\ndef f(x):  # << START_OF_TRACE\n'
+    '    y = g(x, 2)\n    return y\n<|frame_sep|><|call_sep|>{"x": "3"}<|action_sep|>def f(x):\n'
+    '<|frame_sep|><|line_sep|>{"x": ".."}<|action_sep|>    y = g(x, 2)\n'
+    '<|frame_sep|><|call_sep|>{"a": "3", "b": "2"}<|action_sep|>def g(a, b):\n'
+    '<|frame_sep|><|line_sep|>{"a": "..", "b": ".."}<|action_sep|>    return a * b\n'
+    '<|frame_sep|><|return_sep|><|action_sep|>    return a * b\n'
+    '<|arg_sep|>"6"<|frame_sep|><|line_sep|>{"x": "..", "y": "6"}<|action_sep|>    return y\n'
+    '<|frame_sep|><|return_sep|><|action_sep|>    return y\n'
+    '<|arg_sep|>"6"<|frame_sep|><|end_of_text|>'
+)
+
+
+def test_spec_example_is_reproduced_byte_for_byte():
+    trace = trace_call(SPEC_PROGRAM, "f(3)")
+    assert to_cwm_text(trace) == SPEC_TEXT
+    spec = SHARED / "docs" / "CWM_SPEC.md"
+    if spec.is_file():  # the example as the spec prints it (its code block, one frame per line)
+        block = re.search(r"A small example.*?```\n(.*?)```", spec.read_text(), re.S).group(1)
+        assert block == SPEC_TEXT + "\n"
+
+
+def test_pieces_keep_special_spellings_in_values_as_ordinary_text():
+    trace = trace_call("def f(s):\n    return s + '<|frame_sep|>'\n", "f('<|end_of_text|>')")
+    pieces = to_cwm_pieces(trace)
+    assert "".join(t for t, _ in pieces) == to_cwm_text(trace)
+    specials = [t for t, special in pieces if special]
+    assert specials.count("<|frame_sep|>") == 1 + len(trace.frames) and specials.count("<|end_of_text|>") == 1
+    assert all(not special for t, special in pieces if "<|end_of_text|>'" in t or "<|frame_sep|>'" in t)
+    parsed = parse_cwm_pieces(pieces)  # pieces are unambiguous where the plain text is not
+    assert parsed.error is None and parsed.to_trace(trace.entry) == trace
+
+
+def test_one_frame_at_a_time_rendering_joins_to_the_whole_text():
+    trace = trace_call(SPEC_PROGRAM, "f(3)")
+    text = prompt_text(trace.source) + "".join(frame_text(f, trace.frames[:i]) for i, f in enumerate(trace.frames))
+    assert text + "<|end_of_text|>" == SPEC_TEXT
+    assert frame_pieces(trace.frames[5], trace.frames[:5])[1] == ('{"x": "..", "y": "6"}', False)
+
+
+def test_parser_resolves_dots_by_scope_and_reports_malformed_output():
+    parsed = parse_cwm_text(SPEC_TEXT)
+    assert parsed.error is None and parsed.complete
+    assert parsed.frames[5].locals == {"x": "3", "y": "6"} and parsed.frames[5].depth == 0
+    assert [f.lineno for f in parsed.frames] == [4, 5, 1, 2, 2, 6, 6]
+    cut = SPEC_TEXT.index('{"a": "..", "b": ".."}') + 8
+    broken = parse_cwm_text(SPEC_TEXT[:cut])  # model output that stopped inside a frame's locals
+    assert len(broken.frames) == 3 and broken.problem.frame_index == 3
+    assert "not JSON" in broken.error and broken.problem.offset == cut - 8
+    unknown = parse_cwm_text(SPEC_TEXT.replace('{"x": "..", "y": "6"}', '{"z": "..", "y": "6"}'))
+    assert "'z' is \"..\" but has no earlier value" in unknown.error and len(unknown.frames) == 5
+    try:
+        unknown.to_trace()
+    except TraceParseError as e:
+        assert e.frame_index == 5 and len(e.frames) == 5
+    else:
+        raise AssertionError("to_trace must raise on a malformed text")
+    early = parse_cwm_text(SPEC_TEXT.replace("<|frame_sep|><|return_sep|><|action_sep|>    return y\n<|arg_sep|>\"6\"", ""))
+    assert "before the entry scope returned" in early.error
+
+
+def test_incomplete_but_wellformed_prefix_parses_without_error():
+    prefix = SPEC_TEXT[: SPEC_TEXT.index("<|call_sep|>{\"a\"")]
+    parsed = parse_cwm_text(prefix)
+    assert parsed.error is None and not parsed.complete and len(parsed.frames) == 2
+    assert parsed.to_trace().status == "incomplete"
+
+
+# -- round trips on generated traces ------------------------------------------------------------
+
+LINES = [f"    line_{i} = {i}\n" for i in range(8)]
+SOURCE = "def f(x):  # << START_OF_TRACE\n" + "".join(LINES)
+texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+names = st.sampled_from(["x", "y", "zz", "é", "<|frame_sep|>"])
+
+
+@st.composite
+def traces(draw):
+    """Well-formed traces: balanced call/return with line and exception frames in between."""
+    frames, depth, open_locals = [], 0, []
+
+    def call():
+        loc = draw(st.dictionaries(names, texts.filter(lambda v: v != ".."), max_size=3))
+        frames.append(Frame(CALL, 1, "def f(x):\n", loc, None, len(open_locals)))
+        open_locals.append(loc)
+
+    call()
+    for _ in range(draw(st.integers(0, 12))):
+        kind = draw(st.sampled_from([CALL, LINE, LINE, RETURN, EXCEPTION]))
+        if kind == CALL and len(open_locals) < 4:
+            call()
+        elif kind == LINE:
+            n = draw(st.integers(0, 7))
+            prev = open_locals[-1]
+            loc = {k: draw(st.sampled_from([v, v + "!"])) for k, v in prev.items() if draw(st.booleans())}
+            loc.update(draw(st.dictionaries(names, texts.filter(lambda v: v != ".."), max_size=2)))
+            same = [k for k, v in loc.items() if prev.get(k) == v]
+            rewritten = tuple(k for k in same if draw(st.booleans()))  # changed beyond a truncated text
+            frames.append(Frame(LINE, n + 2, LINES[n], loc, None, len(open_locals) - 1, rewritten))
+            open_locals[-1] = loc
+        elif kind == EXCEPTION:
+            n = draw(st.integers(0, 7))
+            frames.append(Frame(EXCEPTION, n + 2, LINES[n], None, draw(texts), len(open_locals) - 1))
+        elif kind == RETURN and len(open_locals) > 1:
+            frames.append(Frame(RETURN, 2, LINES[0], None, draw(texts), len(open_locals) - 1))
+            open_locals.pop()
+    while open_locals:
+        frames.append(Frame(RETURN, 2, LINES[0], None, draw(texts), len(open_locals) - 1))
+        open_locals.pop()
+    trace = Trace(SOURCE, "", frames)
+    trace.status, trace.return_value, trace.error = outcome(frames)  # as the parser reads them
+    return trace
+
+
+@settings(max_examples=100, deadline=None)
+@given(traces())
+def test_trace_to_text_to_trace_round_trips(trace):
+    pieces = to_cwm_pieces(trace)
+    assert parse_cwm_pieces(pieces).to_trace() == trace
+    if not any("<|" in t for t, special in pieces if not special):
+        assert parse_cwm_text(to_cwm_text(trace)).to_trace() == trace
+
+
+@settings(max_examples=100, deadline=None)
+@given(traces(), st.sampled_from(["ok", "event_limit", "timeout"]))
+def test_trace_to_json_to_trace_round_trips(trace, status):
+    trace.status = status
+    assert from_json(to_json(trace)) == trace
