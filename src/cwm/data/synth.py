@@ -229,7 +229,11 @@ class _Writer:
     def leaf(self, env: dict, t: str) -> str:
         """Mostly a variable of type t (programs should compute on their state), else a literal."""
         name = self.var(env, t)
-        return name if name and self.rng.random() < 0.8 else self.literal(t)
+        if name and self.rng.random() < 0.8:
+            return name
+        if t == BOOL and (n := self.var(env, INT)):  # a condition on the state, not `if True:`
+            return f"{n} {self.rng.choice(['<', '>', '=='])} {self.literal(INT)}"
+        return self.literal(t)
 
     # -- statements ------------------------------------------------------------------------------
     def block(self, env: dict, frozen: set, depth: int, count: int) -> list[str]:

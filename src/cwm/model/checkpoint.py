@@ -116,7 +116,10 @@ def save_pretrained(
     written; other files already in `out_dir` (a tokenizer, say) are kept.
     """
     out_dir = Path(out_dir)
-    tensors = {k: (v if dtype is None else v.to(dtype)).detach().contiguous().cpu() for k, v in to_hf_state_dict(model).items()}
+    tensors = {
+        name: (t if dtype is None else t.to(dtype)).detach().contiguous().cpu()
+        for name, t in to_hf_state_dict(model).items()
+    }
     shards: list[dict[str, torch.Tensor]] = [{}]
     shard_bytes = 0
     for name, tensor in tensors.items():
@@ -230,14 +233,18 @@ def load_pretrained(path: str | os.PathLike, device="cpu", dtype: torch.dtype | 
             if name.endswith("rotary_emb.inv_freq"):
                 continue  # recomputed from the config
             if name not in expected:
-                raise CheckpointError(f"{path / file}: unexpected tensor {name!r}: not part of a CWM model with this config.json")
+                raise CheckpointError(
+                    f"{path / file}: unexpected tensor {name!r}: not part of a CWM model with this config.json"
+                )
             if tuple(info["shape"]) != expected[name]:
                 raise CheckpointError(
                     f"{path / file}: tensor {name!r} has shape {list(info['shape'])}, "
                     f"config.json implies {list(expected[name])}"
                 )
             if info["dtype"] not in _DTYPES:
-                raise CheckpointError(f"{path / file}: tensor {name!r} has dtype {info['dtype']}; expected F32, F16 or BF16")
+                raise CheckpointError(
+                    f"{path / file}: tensor {name!r} has dtype {info['dtype']}; expected F32, F16 or BF16"
+                )
     for name in expected:
         if name not in weight_map:
             listing = INDEX if (path / INDEX).is_file() else SINGLE
@@ -249,10 +256,10 @@ def load_pretrained(path: str | os.PathLike, device="cpu", dtype: torch.dtype | 
             for name in names:
                 if name in expected:
                     hf[name] = f.get_tensor(name) if dtype is None else f.get_tensor(name).to(dtype)
-    return _build(cfg, from_hf_state_dict(cfg, hf), device)
+    return model_from_state_dict(cfg, from_hf_state_dict(cfg, hf), device)
 
 
-def _build(cfg: ModelConfig, state_dict: dict[str, torch.Tensor], device) -> Transformer:
+def model_from_state_dict(cfg: ModelConfig, state_dict: dict[str, torch.Tensor], device) -> Transformer:
     """A Transformer around existing tensors, without allocating random weights first."""
     with torch.device("meta"):
         model = Transformer(cfg)

@@ -46,6 +46,8 @@ def info_text(cfg, context: int | None = None, batch_size: int = 1) -> str:
     with torch.device("meta"):  # real module, no memory: the count is the module's own
         params = sum(p.numel() for p in Transformer(cfg).parameters())
     context = context or cfg.max_seq_len
+    kv_bytes = cfg.kv_cache_bytes(context, batch_size)
+    all_global_bytes = 2 * 2 * cfg.n_kv_heads * cfg.head_dim * cfg.n_layers * context * batch_size  # k and v, bf16
     types = cfg.attention_types()
     pattern = "".join("G" if t == FULL else "S" for t in types)
     globals_ = [i for i, t in enumerate(types) if t == FULL]
@@ -60,8 +62,8 @@ def info_text(cfg, context: int | None = None, batch_size: int = 1) -> str:
             if cfg.rope_factor else ""
         ),
         f"weights (bf16): {format_bytes(2 * params)}",
-        f"kv cache (bf16, {context} tokens, batch {batch_size}): {format_bytes(cfg.kv_cache_bytes(context, batch_size))}"
-        f"  (all layers global: {format_bytes(4 * cfg.n_kv_heads * cfg.head_dim * cfg.n_layers * context * batch_size)})",
+        f"kv cache (bf16, {context} tokens, batch {batch_size}): {format_bytes(kv_bytes)}"
+        f"  (all layers global: {format_bytes(all_global_bytes)})",
         f"training FLOPs per token at {context} tokens: {cfg.flops_per_token(context):.4g}",
         f"params: {params}",
     ]

@@ -18,8 +18,15 @@ from pathlib import Path
 
 import torch
 
-from cwm.model.checkpoint import CheckpointError, _build, from_hf_state_dict, hf_shapes, save_pretrained, to_hf_state_dict
-from cwm.model.config import _PRESETS, FULL, SLIDING, ModelConfig
+from cwm.model.checkpoint import (
+    CheckpointError,
+    model_from_state_dict,
+    from_hf_state_dict,
+    hf_shapes,
+    save_pretrained,
+    to_hf_state_dict,
+)
+from cwm.model.config import FULL, SLIDING, ModelConfig, get_preset
 from cwm.model.transformer import Transformer
 
 # Meta name (after "layers.N.") -> HF name (after "model.layers.N.")
@@ -34,7 +41,11 @@ _LAYER_NAMES = {
     "attention_norm.weight": "input_layernorm.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
 }
-_TOP_NAMES = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"}
+_TOP_NAMES = {
+    "tok_embeddings.weight": "model.embed_tokens.weight",
+    "norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
 
 
 def meta_to_hf_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -76,7 +87,8 @@ def config_from_params(params: dict, ffn_dim: int, source: str = "params.json") 
         local = window.get("local_window")
         layer_types = None
         if local is not None:
-            layer_types = _meta_layer_types(p["n_layers"], window.get("window_pattern", 6), window.get("global_last_layer", True))
+            pattern, global_last = window.get("window_pattern", 6), window.get("global_last_layer", True)
+            layer_types = _meta_layer_types(p["n_layers"], pattern, global_last)
         scaled = p.get("pos_embed_impl") == "scaled_rope" or p.get("use_scaled_rope", False)
         rope = p.get("scaled_rope") or {}
         return ModelConfig(
@@ -97,7 +109,7 @@ def config_from_params(params: dict, ffn_dim: int, source: str = "params.json") 
             rope_high_freq_factor=float(rope.get("high_freq_factor", 4)),
             rope_original_max_seq_len=int(rope.get("old_context_len", 8192)),
             # params.json has no special ids: the release's for its vocabulary, else the small BPE's.
-            bos_token_id=(specials := _PRESETS["cwm-32b" if p["vocab_size"] == 128256 else "cwm-tiny"]).bos_token_id,
+            bos_token_id=(specials := get_preset("cwm-32b" if p["vocab_size"] == 128256 else "cwm-tiny")).bos_token_id,
             eos_token_ids=specials.eos_token_ids,
         )
     except KeyError as missing:
@@ -167,7 +179,7 @@ def convert_meta_to_hf(src: str | os.PathLike, out_dir: str | os.PathLike, max_s
         q, k = f"model.layers.{i}.self_attn.q_proj.weight", f"model.layers.{i}.self_attn.k_proj.weight"
         hf[q] = meta_to_hf_rows(hf[q], cfg.n_heads)
         hf[k] = meta_to_hf_rows(hf[k], cfg.n_kv_heads)
-    model = _build(cfg, from_hf_state_dict(cfg, hf), "cpu")
+    model = model_from_state_dict(cfg, from_hf_state_dict(cfg, hf), "cpu")
     return save_pretrained(model, out_dir, max_shard_bytes=max_shard_bytes)
 
 
@@ -182,8 +194,8 @@ def save_meta(model: Transformer, out_dir: str | os.PathLike) -> Path:
     hf = to_hf_state_dict(model)
     meta = {name: hf[hf_name].clone() for name, hf_name in meta_names(cfg).items()}
     for i in range(cfg.n_layers):
-        meta[f"layers.{i}.attention.wq.weight"] = hf_to_meta_rows(meta[f"layers.{i}.attention.wq.weight"], cfg.n_heads)
-        meta[f"layers.{i}.attention.wk.weight"] = hf_to_meta_rows(meta[f"layers.{i}.attention.wk.weight"], cfg.n_kv_heads)
+        wq, wk = f"layers.{i}.attention.wq.weight", f"layers.{i}.attention.wk.weight"
+        meta[wq], meta[wk] = hf_to_meta_rows(meta[wq], cfg.n_heads), hf_to_meta_rows(meta[wk], cfg.n_kv_heads)
     args = {
         "dim": cfg.dim,
         "n_layers": cfg.n_layers,
@@ -204,7 +216,9 @@ def save_meta(model: Transformer, out_dir: str | os.PathLike) -> Path:
             "high_freq_factor": cfg.rope_high_freq_factor,
         }
     if SLIDING in types:
-        args["window_attn"] = {"window_pattern": 4, "local_window": cfg.sliding_window, "global_last_layer": global_last}
+        args["window_attn"] = {
+            "window_pattern": 4, "local_window": cfg.sliding_window, "global_last_layer": global_last
+        }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "params.json").write_text(json.dumps({"model": args}, indent=2) + "\n")

@@ -99,9 +99,8 @@ def blocked_window_attention(q, k, v, window: int, mask: torch.Tensor) -> torch.
         mask = mask.repeat(B, 1, 1, 1)
     queries = F.pad(q, (0, 0, 0, n_blocks * window - T)).view(B, H, n_blocks, window, D)
     queries = queries.transpose(1, 2).reshape(B * n_blocks, H, window, D)
-    y = F.scaled_dot_product_attention(
-        queries, _in_blocks(k, window, n_blocks), _in_blocks(v, window, n_blocks), attn_mask=mask, enable_gqa=H != k.shape[1]
-    )
+    keys, values = _in_blocks(k, window, n_blocks), _in_blocks(v, window, n_blocks)
+    y = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, enable_gqa=H != k.shape[1])
     return y.view(B, n_blocks, H, window, D).transpose(1, 2).reshape(B, H, n_blocks * window, D)[:, :, :T]
 
 
