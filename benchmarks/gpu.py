@@ -63,6 +63,7 @@ def check_equality() -> dict:
                               head_dim=32, ffn_dim=512, sliding_window=64,
                               bos_token_id=1, eos_token_ids=(2,))
     out = {}
+    torch.backends.cuda.matmul.allow_tf32 = False  # true float32 for the float32 comparison
     for dtype in (torch.float32, torch.bfloat16):
         torch.manual_seed(0)
         ours = Transformer(cfg)
@@ -74,6 +75,7 @@ def check_equality() -> dict:
             a, b = ours(tokens).float(), hf(tokens).logits.float()
         out[str(dtype)] = {"max_abs_diff": (a - b).abs().max().item(), "logit_std": b.std().item(),
                            "argmax_agreement": (a.argmax(-1) == b.argmax(-1)).float().mean().item()}
+    torch.backends.cuda.matmul.allow_tf32 = True  # as training would run
     return out
 
 
@@ -151,7 +153,6 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu.py needs a CUDA GPU")
-    torch.backends.cuda.matmul.allow_tf32 = True
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                "params": BENCH.num_params(), "config": dataclasses.asdict(BENCH)}
     import transformers

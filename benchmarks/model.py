@@ -19,9 +19,13 @@ import torch
 import torch.nn.functional as F
 
 
-def timed(fn) -> float:
+def timed(fn, device: str) -> float:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     start = time.perf_counter()
     fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -38,33 +42,38 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both (1: steadiest on a shared machine)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     cfg = get_preset(args.preset)
+    dtype = getattr(torch, args.dtype)
     ours = Transformer(cfg)
     ours.init_weights(seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         save_pretrained(ours, tmp)
-        theirs = CwmForCausalLM.from_pretrained(tmp, dtype=torch.float32)
-    print(f"config: {args.preset} ({cfg.num_params():,} params), torch threads {torch.get_num_threads()}, "
+        theirs = CwmForCausalLM.from_pretrained(tmp, dtype=dtype).to(args.device)
+    ours = ours.to(args.device, dtype)
+    print(f"config: {args.preset} ({cfg.num_params():,} params), {args.device} {args.dtype}, "
+          f"torch threads {torch.get_num_threads()}, "
           f"transformers attention: {theirs.config._attn_implementation}")
 
-    tokens = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1))
+    tokens = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1), device=args.device)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
 
     def train_ours():
-        loss = F.cross_entropy(ours(inputs).flatten(0, 1), targets.flatten())
+        loss = F.cross_entropy(ours(inputs).float().flatten(0, 1), targets.flatten())
         loss.backward()
         ours.zero_grad(set_to_none=True)
 
     def train_theirs():
-        loss = F.cross_entropy(theirs(inputs).logits.flatten(0, 1), targets.flatten())
+        loss = F.cross_entropy(theirs(inputs).logits.float().flatten(0, 1), targets.flatten())
         loss.backward()
         theirs.zero_grad(set_to_none=True)
 
-    prompt = torch.randint(0, cfg.vocab_size - 256, (1, args.prompt))
+    prompt = torch.randint(0, cfg.vocab_size - 256, (1, args.prompt), device=args.device)
     n = args.new_tokens
 
     def generate_ours():
@@ -90,7 +99,7 @@ def main() -> None:
         results[name] = []
     for _ in range(args.repeats):  # interleaved, so load from other processes hits both alike
         for name, fn, count in cases:
-            results[name].append(count / timed(fn))
+            results[name].append(count / timed(fn, args.device))
     medians = {name: statistics.median(v) for name, v in results.items()}
     for name, value in medians.items():
         print(f"{name:16s} {value:10.1f} tokens/s (median of {args.repeats})")

@@ -6,6 +6,9 @@ Peers, all returning fn's value to the caller:
   bare fork      os.fork + pipe + pickle + waitpid: the floor, with no limits and no isolation
   multiprocessing  multiprocessing.get_context("fork").Process + Pipe
   subprocess     a fresh interpreter: subprocess.run([sys.executable, "-c", ...])
+And one ablation, to price a part of run_function itself:
+  no python reveal  run_function without the mounts that hide closed directories (/root) and show
+                    the Python installation back (children then cannot import what the caller has not)
 The last lines print medians and the ratio of each peer's median to run_function's.
 """
 
@@ -20,6 +23,7 @@ import subprocess
 import sys
 import time
 
+from cwm.trace import sandbox as sandbox_module
 from cwm.trace.sandbox import Limits, run_function
 
 
@@ -65,6 +69,15 @@ def sandbox(x):
     return res.value
 
 
+def sandbox_without_reveal(x):
+    plan = sandbox_module._mount_plan
+    sandbox_module._mount_plan = lambda uid, workspace: ([], [])
+    try:
+        return sandbox(x)
+    finally:
+        sandbox_module._mount_plan = plan
+
+
 def medians_ms(methods: dict, calls: int) -> dict[str, float]:
     """Interleaved (one call of each per round), so load from other users hits all alike."""
     times: dict[str, list[float]] = {name: [] for name in methods}
@@ -87,7 +100,7 @@ def main() -> None:
         import torch  # noqa: F401
 
     methods = {"run_function": sandbox, "bare fork": bare_fork, "multiprocessing": with_multiprocessing,
-               "subprocess": with_subprocess}
+               "subprocess": with_subprocess, "no python reveal": sandbox_without_reveal}
     medians = medians_ms(methods, args.calls)
     ours = medians.pop("run_function")
     print(f"run_function (limits + PID/mount/IPC/net namespaces + uid drop): median {ours:.2f} ms/call")

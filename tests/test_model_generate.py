@@ -117,3 +117,16 @@ def test_errors(model):
         generate(model, [[1, 2], []], 5)
     with pytest.raises(ValueError, match="exceeds the model's context of 256"):
         generate(model, prompt(200, 0), 100)
+
+
+def test_bfloat16(model):
+    """The dtype of the released weights: logits close to float32, generation runs in bf16."""
+    half = Transformer(CFG)
+    half.load_state_dict(model.state_dict())
+    half = half.to(torch.bfloat16).eval()
+    x = torch.tensor([prompt(40, 3)])
+    with torch.no_grad():
+        full, low = model(x), half(x)
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - full).abs().max() < 0.1 * full.abs().max()
+    assert len(generate(half, x[0].tolist(), 10, stop_tokens=())) == 10

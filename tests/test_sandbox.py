@@ -7,12 +7,17 @@ Each test also checks that the caller (this pytest process) is still healthy aft
 from __future__ import annotations
 
 import ctypes
+import importlib
+import importlib.util
 import json
 import os
 import signal
+import shutil
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -495,10 +500,107 @@ def test_private_tmp_is_bounded_and_hidden():
 
 
 # ---------------------------------------------------------------------------------------------
+# The Python installation, seen by the sandbox's uid (this machine's lives under /root, mode 700)
+
+
+def closed_to_others(path: str) -> bool:
+    """Whether some directory above `path` denies others the search (x) permission, like /root."""
+    parts = Path(path).parts[1:-1]
+    return any(not os.stat(os.path.join("/", *parts[: i + 1])).st_mode & stat.S_IXOTH for i in range(len(parts)))
+
+
+def first_not_imported(names: list[str]) -> str:
+    name = next((n for n in names if n not in sys.modules), None)
+    assert name, f"all of {names} are imported already; add a module this process has not imported"
+    return name
+
+
+# "test" in katakana, as each codec writes it (CJK codecs load a C module from lib-dynload)
+KATAKANA_TEST = {"euc_jis_2004": b"\xa5\xc6\xa5\xb9\xa5\xc8", "big5hkscs": b"\xc7\xc2\xc7\xb5\xc7\xc4",
+                 "iso2022_jp_3": b"\x1b$B%F%9%H\x1b(B"}
+
+
+def test_child_imports_what_the_caller_has_not():
+    module = first_not_imported(["fractions", "colorsys", "wave", "sched", "tabnanny"])
+    codec = first_not_imported([f"encodings.{c}" for c in KATAKANA_TEST]).split(".")[1]
+    origin = importlib.util.find_spec(module).origin  # where it lives, without importing it here
+
+    def import_fresh():
+        read_only = bool(os.statvfs(sys.base_prefix).f_flag & os.ST_RDONLY)
+        return importlib.import_module(module).__file__, "\u30c6\u30b9\u30c8".encode(codec), read_only
+
+    res = run_function(import_fresh, limits=SMALL)
+    assert res.status == "ok", res.error
+    assert res.value[:2] == (origin, KATAKANA_TEST[codec])
+    if IS_ROOT and closed_to_others(sys.base_prefix):  # mounted back for the sandbox: read-only
+        assert res.value[2], "the Python installation must be read-only inside"
+    assert module not in sys.modules and f"encodings.{codec}" not in sys.modules, "imported here, not only inside"
+
+
+def test_command_runs_this_interpreter_as_the_sandbox_uid():
+    script = "import json, fractions, os; print(json.dumps([os.getuid(), str(fractions.Fraction(2, 4))]))"
+    res = run_command([sys.executable, "-c", script], limits=SMALL)
+    assert res.status == "ok", (res.error, res.stderr)
+    uid, half = json.loads(res.stdout)
+    assert half == "1/2" and (uid >= 200_000 if IS_ROOT else uid == os.getuid())
+
+
+@pytest.fixture
+def root_files():
+    """Files in /root, beside this machine's Python installation, and a workspace dir; removed afterwards."""
+    made = {"secret": Path("/root/.cwm-sandbox-secret-test"), "public": Path("/root/.cwm-sandbox-public-test"),
+            "workspace": Path("/root/.cwm-sandbox-workspace-test")}
+    made["secret"].write_text("s3cret\n")
+    made["secret"].chmod(0o600)
+    made["public"].write_text("readable by mode\n")
+    made["public"].chmod(0o644)
+    made["workspace"].mkdir(exist_ok=True)
+    yield made
+    made["secret"].unlink(), made["public"].unlink()
+    shutil.rmtree(made["workspace"])
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="the sandbox uid exists only when the caller is root")
+def test_only_python_is_seen_in_root(root_files):
+    def try_read(path):
+        try:
+            return Path(path).read_text()
+        except OSError as e:
+            return type(e).__name__
+
+    res = run_function(try_read, str(root_files["secret"]), limits=SMALL)
+    assert res.status == "ok" and res.value in ("PermissionError", "FileNotFoundError")
+    res = run_command(["cat", str(root_files["secret"])], limits=SMALL)
+    assert res.status == "exit" and "s3cret" not in res.stdout
+    if not os.stat("/root").st_mode & stat.S_IXOTH:  # /root is closed: inside, only the way to Python is left
+        assert run_function(try_read, str(root_files["public"]), limits=SMALL).value == "FileNotFoundError"
+        res = run_function(os.listdir, "/root", limits=SMALL)
+        assert res.status == "ok" and not {p.name for p in root_files.values()} & set(res.value)
+        # A workspace in there is still the command's, at its own path, and comes back to its owner.
+        ws = root_files["workspace"]
+        res = run_command(f"echo made > {ws}/out.txt && cat {ws}/out.txt && pwd", cwd=ws, limits=SMALL)
+        assert res.status == "ok" and res.stdout == f"made\n{ws}\n", (res.error, res.stderr)
+        assert (ws / "out.txt").read_text() == "made\n" and (ws / "out.txt").stat().st_uid == os.getuid()
+
+
+def test_import_path_under_the_host_tmp(tmp_path, monkeypatch):
+    """A sys.path entry under /tmp, which the private tmpfs hides, is mounted back for the child."""
+    name = f"cwm_sandbox_test_module_{os.getpid()}"
+    (tmp_path / f"{name}.py").write_text("ANSWER = 42\n")
+    tmp_path.chmod(0o755)  # pytest makes it 0700; a venv or checkout under /tmp is open to others
+    monkeypatch.syspath_prepend(str(tmp_path))
+    res = run_function(lambda: importlib.import_module(name).ANSWER, limits=SMALL)
+    assert res.status == "ok" and res.value == 42, res.error
+    if IS_ROOT:  # nothing else of the host's /tmp comes along, only the way to that entry
+        res = run_command("ls -A /tmp", limits=SMALL)
+        assert res.status == "ok" and res.stdout.split() == [tmp_path.parts[2]]
+
+
+# ---------------------------------------------------------------------------------------------
 # Not root: a developer's laptop
 
 
-def _as_nobody() -> dict:
+def _as_nobody(module_dir: str) -> dict:
     """What a non-root caller sees (run in a forked copy of this process that dropped root)."""
     import warnings
 
@@ -519,23 +621,30 @@ def _as_nobody() -> dict:
             "uid": run_function(os.getuid).value,
             "background": run_command("sleep 30 & echo started", limits=Limits(timeout=20)).__dict__,
         }
+        sys.path.insert(0, module_dir)  # under the host's /tmp, which the private tmpfs hides
+        out["import"] = run_function(lambda: importlib.import_module("cwm_sandbox_nobody_module").X).value
     out["warnings"] = [str(w.message) for w in caught]
     return out
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="needs root to become another user")
 def test_works_when_not_root():
+    module_dir = Path(tempfile.mkdtemp(prefix="cwm-sandbox-test-", dir="/tmp"))  # open to nobody, unlike tmp_path
+    module_dir.chmod(0o755)
+    (module_dir / "cwm_sandbox_nobody_module.py").write_text("X = 7\n")
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # a forked copy of pytest: report and leave without running pytest's exit code
         try:
-            os.write(write, json.dumps(_as_nobody()).encode())
+            os.write(write, json.dumps(_as_nobody(str(module_dir))).encode())
         finally:
             os._exit(0)
     os.close(write)
     with os.fdopen(read) as f:
         out = json.loads(f.read())
     os.waitpid(pid, 0)
+    shutil.rmtree(module_dir)
+    assert out["import"] == 7
     assert out["value"] == 81 and out["timeout"] == "timeout" and out["uid"] == 65534
     # A background process holding stdout is stopped soon after the command itself ends.
     assert out["background"]["status"] == "ok" and out["background"]["stdout"] == "started\n"

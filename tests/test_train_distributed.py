@@ -25,7 +25,7 @@ def run_config(tmp_path_factory):
     path = root / "run.toml"
     path.write_text(
         f'[model]\noverrides = {{vocab_size = 257, n_layers = 2}}\n[data]\ntrain = ["{train}"]\n'
-        "[train]\nmax_steps = 6\nglobal_batch_size = 8\nmicro_batch_size = 2\n"  # 2 ranks x 2 accumulation
+        "[train]\ndevice = \"cpu\"\nmax_steps = 6\nglobal_batch_size = 8\nmicro_batch_size = 2\n"  # 2 ranks x 2 accumulation
         "[checkpoint]\nevery = 3\n"
         "[optim]\nlr = 3e-3\n[schedule]\nwarmup_steps = 2\n[log]\nconsole = false\ntensorboard = false\n"
     )

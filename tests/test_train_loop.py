@@ -62,6 +62,7 @@ def config(code_data, out_dir, *overrides):
             "schedule.warmup_steps=3",
             "eval.max_batches=2",
             "log.console=false",
+            "train.device='cpu'",  # CPU tests, also on a machine with a GPU
             *overrides,
         ],
     )
@@ -158,6 +159,7 @@ def test_sft_learns_only_the_masked_in_tokens(tmp_path):
             "train.micro_batch_size=16",
             "optim.lr=1e-2",
             "schedule.kind='constant'",
+            "train.device='cpu'",
             "log.console=false",
             "log.tensorboard=false",
         ],
@@ -218,7 +220,7 @@ def test_resume_after_sigkill_gives_the_uninterrupted_losses(code_data, tmp_path
     cfg_path = tmp_path / "run.toml"
     cfg_path.write_text(
         f'[model]\noverrides = {TINY}\n[data]\ntrain = ["{train}"]\n'
-        "[train]\nmax_steps = 150\nglobal_batch_size = 8\nmicro_batch_size = 4\n"
+        "[train]\ndevice = \"cpu\"\nmax_steps = 150\nglobal_batch_size = 8\nmicro_batch_size = 4\n"
         "[optim]\nlr = 3e-3\n[schedule]\nwarmup_steps = 3\n[checkpoint]\nevery = 5\nkeep_last = 2\n"
         "[log]\nconsole = false\n"
     )

@@ -101,7 +101,7 @@ def documents(source: PackInput, tok, loss: str, seed: int) -> Iterator[tuple[li
 
         lines = [line for line in source.path.read_text().splitlines() if line.strip()]
         rng.shuffle(lines)
-        for number, line in enumerate(lines):
+        for line in lines:
             try:
                 messages = json.loads(line)["messages"]
             except (ValueError, KeyError, TypeError):

@@ -15,7 +15,6 @@ curriculum builds datasets with growing knobs.
 
 from __future__ import annotations
 
-import ast
 import random
 import re
 import sys
@@ -97,6 +96,26 @@ def runs_within(program: Program, max_events: int) -> bool:
     except (Exception, _EventBudgetExceeded, RecursionError):
         return False
     return True
+
+
+def _is_operation(text: str) -> bool:
+    """Whether an expression needs parentheses as an operand. The templates write every operator
+    (+, <, and, not, in, if-else) between spaces and no other space outside brackets and quotes,
+    so a top-level space means an operation (cheaper than parsing, which generation would pay
+    thousands of times per program)."""
+    depth, quote = 0, None
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == " " and depth == 0:
+            return True
+    return False
 
 
 class _Writer:
@@ -221,8 +240,7 @@ class _Writer:
             ],
         }
         text = r.choice(options[t])()
-        operation = (ast.BinOp, ast.BoolOp, ast.UnaryOp, ast.Compare, ast.IfExp, ast.Tuple)
-        if depth > 0 and isinstance(ast.parse(text, mode="eval").body, operation):
+        if depth > 0 and _is_operation(text):
             text = f"({text})"  # an operand of a larger expression: keep its precedence
         return text
 

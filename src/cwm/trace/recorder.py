@@ -34,16 +34,19 @@ from cwm.trace.format import (
     CALL, END_OF_TEXT, EXCEPTION, LINE, MARKER, RETURN, UNCHANGED, Frame, Trace, frame_nbytes, outcome, prompt_text,
     source_lines,
 )  # fmt: skip
-from cwm.trace.values import DEFAULT_LIMIT, DEFAULT_REPR_TIMEOUT, ValueRenderer
+from cwm.trace.values import (
+    DEFAULT_LIMIT, DEFAULT_REPR_TIMEOUT, REWRITTEN, SAME, Tracked, ValueRenderer, json_str, same_items,
+)  # fmt: skip
 
 PROGRAM = "<program>"
 MAX_EVENTS = 10_000
 MAX_BYTES = 1_000_000
 _MARKER_RE = re.compile(r"[ \t]*#[ \t]*<<[ \t]*START_OF_TRACE[ \t]*$")
-# Values that cannot change without being rebound: the same object means the same text.
-_IMMUTABLE = frozenset({int, float, complex, bool, str, bytes, type(None)})
 # Module-level names that are program structure, not state (whole-script traces).
 _DEFINITIONS = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)
+# Bytes of a frame's text besides its source line and its locals or value (see frame_nbytes).
+_FRAME_NBYTES = {event: frame_nbytes(Frame(event, 0, "", {}, ""), {}) - 2 for event in (CALL, LINE, RETURN, EXCEPTION)}
+_UNCHANGED_NBYTES = len(json_str(UNCHANGED))
 
 
 class TraceError(ValueError):
@@ -54,26 +57,38 @@ class _Stop(BaseException):
     """Raised from the trace function to end the run once a limit is hit."""
 
 
+class _Scope:
+    """One open scope: what it last saw of each local, and the bytes its names take in a frame."""
+
+    __slots__ = ("seen", "names_nbytes")
+
+    def __init__(self):
+        self.seen: dict[str, Tracked] = {}
+        self.names_nbytes = 0  # sum over its locals of len(json name) + len(": ") + len(", ")
+
+
 class _Recorder:
     def __init__(self, source: str, context: str, filename: str, is_entry, *, max_events: int, max_bytes: int,
                  timeout: float | None, value_limit: int, repr_timeout: float, whole_module: bool = False):
         self.filename = filename
         self.lines = source_lines(source)
+        self.line_nbytes = [len(line.encode()) for line in self.lines]
         self.is_entry = is_entry  # frame -> bool: does this call start the trace?
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.timeout = timeout
-        self.deadline = float("inf")
+        self.deadline = None  # time.monotonic() past which the trace stops, when a timeout is set
         self.whole_module = whole_module
         self.values = ValueRenderer(value_limit, repr_timeout, threading.current_thread() is threading.main_thread())
         self.frames: list[Frame] = []
         # the size limit is on the whole text: prompt, frames and <|end_of_text|>
         self.nbytes = len(prompt_text(context).encode()) + len(END_OF_TEXT)
-        self.scopes: list[dict] = []  # per open scope: name -> (object if immutable, text, fingerprint)
+        self.scopes: list[_Scope] = []
         self.ours: dict[types.CodeType, int] = {}  # code -> its def line, or -1 if not ours
         self.started = self.done = self.removed = False
         self.status: str | None = None
         self.error: str | None = None
+        self.local_trace = self.on_event  # one bound method, not a new one per event
 
     # -- sys.settrace callbacks ---------------------------------------------------------------
     def on_call(self, frame, event, arg):
@@ -90,90 +105,102 @@ class _Recorder:
             if not self.is_entry(frame):
                 return None
             self.started = True
-            self.deadline = time.monotonic() + self.timeout if self.timeout else float("inf")
+            if self.timeout:
+                self.deadline = time.monotonic() + self.timeout
         try:
             lineno = frame.f_lineno
             if lineno in (0, code.co_firstlineno):  # a fresh call (not a generator resuming)
                 lineno = def_line
-            self.scopes.append({})
-            texts, written, _ = self._locals(frame)
-            self._add(Frame(CALL, lineno, self.lines[lineno - 1], texts, None, len(self.scopes) - 1), written)
+            scope = _Scope()
+            self.scopes.append(scope)
+            texts, nbytes, _ = self._locals(frame, scope)
+            self._add(Frame(CALL, lineno, self.lines[lineno - 1], texts, None, len(self.scopes) - 1),
+                      _FRAME_NBYTES[CALL] + self.line_nbytes[lineno - 1] + nbytes)
         except _Stop:
             raise
         except Exception as e:
             self._fail(e)
-        return self.on_event
+        return self.local_trace
 
     def on_event(self, frame, event, arg):
         """The local trace function of the program's frames."""
         if self.done:
             return None
         try:
-            depth = len(self.scopes) - 1
-            action = self.lines[frame.f_lineno - 1]
-            if event == LINE:
-                texts, written, rewritten = self._locals(frame)
-                self._add(Frame(LINE, frame.f_lineno, action, texts, None, depth, rewritten), written)
+            lineno = frame.f_lineno
+            if event == LINE:  # the hot path: keep it lean
+                texts, nbytes, rewritten = self._locals(frame, self.scopes[-1])
+                self._add(Frame(LINE, lineno, self.lines[lineno - 1], texts, None, len(self.scopes) - 1, rewritten),
+                          _FRAME_NBYTES[LINE] + self.line_nbytes[lineno - 1] + nbytes)
             elif event == RETURN:
-                self._add(Frame(RETURN, frame.f_lineno, action, None, self._text(arg), depth), None)
+                self._value_frame(RETURN, lineno, arg)
                 self.scopes.pop()
                 if not self.scopes:  # the entry scope is left: the trace is complete
                     self.done = True
                     self.status, self.return_value, self.error = outcome(self.frames)
                     self.real_settrace(None)  # nothing more to see: run the rest at full speed
             elif event == EXCEPTION:
-                self._add(Frame(EXCEPTION, frame.f_lineno, action, None, self._text(arg[1]), depth), None)
+                self._value_frame(EXCEPTION, lineno, arg[1])
         except _Stop:
             raise
         except Exception as e:
             self._fail(e)
-        return self.on_event
+        return self.local_trace
 
     # -- recording ----------------------------------------------------------------------------
-    def _add(self, frame: Frame, written: dict[str, str] | None) -> None:
+    def _add(self, frame: Frame, nbytes: int) -> None:
+        """Append the frame (nbytes: the bytes of its text) unless it passes a limit."""
         if len(self.frames) >= self.max_events:
             self._stop("event_limit", f"the trace passed {self.max_events} events (max_events)")
-        if time.monotonic() > self.deadline:
+        if self.deadline is not None and time.monotonic() > self.deadline:
             self._stop("timeout", f"the trace ran past {self.timeout} s")
-        size = frame_nbytes(frame, written)
-        if self.nbytes + size > self.max_bytes:
+        if self.nbytes + nbytes > self.max_bytes:
             self._stop("size_limit", f"the trace passed {self.max_bytes} bytes (max_bytes)")
-        self.nbytes += size
+        self.nbytes += nbytes
         self.frames.append(frame)
 
-    def _locals(self, frame) -> tuple[dict[str, str], dict[str, str], tuple[str, ...]]:
-        """(texts, as written with "..", rewritten names) of the frame's locals; updates its scope."""
-        scope = self.scopes[-1]
-        texts, written, rewritten = {}, {}, []
+    def _value_frame(self, event: str, lineno: int, value) -> None:
+        text = self.values.render(value)[0]
+        self._add(Frame(event, lineno, self.lines[lineno - 1], None, text, len(self.scopes) - 1),
+                  _FRAME_NBYTES[event] + self.line_nbytes[lineno - 1] + len(json_str(text)))
+
+    def _locals(self, frame, scope: _Scope) -> tuple[dict[str, str], int, tuple[str, ...]]:
+        """(texts, bytes of the locals as written with "..", rewritten names); updates the scope.
+
+        A local the scope has seen (its first frame is a call: none) is written ".." unless its
+        text changed or it is REWRITTEN (see values.py).
+        """
+        seen_of = scope.seen
+        texts: dict[str, str] = {}
+        written_nbytes = 0  # beyond ".." for the locals written in full
+        rewritten = ()
         items = frame.f_locals.items()
         if self.whole_module and frame.f_code.co_name == "<module>":
             items = [(k, v) for k, v in items if not (k[:2] == "__" or isinstance(v, _DEFINITIONS))]
         for name, value in items:
+            seen = seen_of.get(name)
+            # Most locals did not change since the last line: take the text we have.
+            if seen is not None and seen.value is value and (seen.items is None or same_items(value, seen.items)):
+                texts[name] = seen.text
+                continue
             if name[0] == ".":  # a comprehension's hidden iterator argument (.0)
                 continue
-            old = scope.get(name)
-            if old is not None and old[0] is value and type(value) in _IMMUTABLE:
-                texts[name] = old[1]
-                written[name] = UNCHANGED
-                continue
-            text, truncated = self.values.render(value)
-            fp = self.values.fingerprint(value) if truncated else None
-            texts[name] = text
-            if old is None or old[1] != text:
-                written[name] = text
-            elif truncated and (fp is None or fp != old[2]):
-                written[name] = text
-                rewritten.append(name)  # changed beyond its truncated text
-            else:
-                written[name] = UNCHANGED
-            scope[name] = (value if type(value) in _IMMUTABLE else None, text, fp)
-        if len(scope) != len(texts):
-            for gone in scope.keys() - texts.keys():
-                del scope[gone]
-        return texts, written, tuple(rewritten)
-
-    def _text(self, value) -> str:
-        return self.values.render(value)[0]
+            if seen is None:
+                scope.names_nbytes += len(json_str(name)) + 4
+            seen, how = self.values.track(value, seen)
+            seen_of[name] = seen
+            texts[name] = seen.text
+            if how != SAME:
+                written_nbytes += seen.nbytes - _UNCHANGED_NBYTES
+                if how == REWRITTEN:
+                    rewritten += (name,)  # changed beyond its truncated text
+        if len(seen_of) != len(texts):
+            for gone in seen_of.keys() - texts.keys():
+                del seen_of[gone]
+                scope.names_nbytes -= len(json_str(gone)) + 4
+        if not texts:
+            return texts, 2, rewritten  # "{}"
+        return texts, scope.names_nbytes + _UNCHANGED_NBYTES * len(texts) + written_nbytes, rewritten
 
     def _def_line(self, code) -> int:
         if code.co_filename != self.filename:

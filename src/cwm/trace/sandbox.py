@@ -6,7 +6,8 @@
 How one run is built (root, the normal case on our machines; see docs/sandbox.md):
 
     caller ──fork──► keeper = PID 1 of a new PID namespace (root, our code only)
-                       new mount, IPC and network namespaces; a size-bounded tmpfs on /tmp
+                       new mount, IPC and network namespaces; a size-bounded tmpfs on /tmp;
+                       an empty tmpfs over a closed dir holding Python (/root), Python bound back read-only
                        ──fork──► runner (PID 2)
                                    rlimits (CPU, address space, open files, file size, processes)
                                    cwd: the private /tmp (or the caller's workspace)
@@ -26,6 +27,7 @@ from __future__ import annotations
 import builtins
 import ctypes
 import errno
+import functools
 import io
 import os
 import pickle
@@ -34,6 +36,7 @@ import select
 import selectors
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -66,7 +69,8 @@ UID_BASE = 200_000  # runner uid = UID_BASE + the calling thread's id: unique am
 
 _CLONE_NEWIPC, _CLONE_NEWUSER, _CLONE_NEWPID, _CLONE_NEWNET = 0x08000000, 0x10000000, 0x20000000, 0x40000000
 _CLONE_NEWNS = 0x00020000
-_MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 0x2, 0x4, 0x1000, 0x4000, 0x40000
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT = 0x1, 0x2, 0x4, 0x20
+_MS_BIND, _MS_REC, _MS_PRIVATE = 0x1000, 0x4000, 0x40000
 _PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS = 1, 38
 _FAULT_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE, signal.SIGSYS,
                   signal.SIGTRAP}
@@ -208,6 +212,7 @@ def _run(limits: Limits, job: _Job) -> SandboxResult:
     if job.workspace is not None and is_root:
         st = os.stat(job.workspace)
         owner = (st.st_uid, st.st_gid)
+    plan = _mount_plan(uid, job.workspace)  # what to hide and show in the runner's file system
     # Flush our own buffers, or the child would write them out a second time.
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -227,7 +232,7 @@ def _run(limits: Limits, job: _Job) -> SandboxResult:
             os.close(r), os.close(w)
         raise
     if keeper == 0:  # never returns
-        _keeper(limits, job, uid, pipes, stdin)
+        _keeper(limits, job, uid, plan, pipes, stdin)
     if pid_ns:
         _leave_new_pid_ns()
     for _, w in pipes.values():
@@ -516,7 +521,7 @@ def _hand_over(root: str, uid: int, gid: int) -> None:
 _STDIN, _STDOUT, _STDERR, _RESULT, _STATUS = 0, 1, 2, 3, 4
 
 
-def _keeper(limits, job, uid, pipes, stdin) -> None:
+def _keeper(limits, job, uid, plan, pipes, stdin) -> None:
     try:
         # Keep only the fds we need, at fixed numbers; the rest of the caller's files stay out.
         targets = {pipes["stdout"][1]: _STDOUT, pipes["stderr"][1]: _STDERR,
@@ -533,7 +538,7 @@ def _keeper(limits, job, uid, pipes, stdin) -> None:
             status.write(f"warning={message}\n")
         if uid is not None and job.workspace:
             _hand_over(job.workspace, uid, uid)
-        tmpdir = _private_tmp(limits, uid, status, job.workspace)
+        tmpdir = _private_fs(limits, uid, status, *plan)
         workdir = job.workspace or tmpdir
 
         lifeline_r, lifeline_w = os.pipe()
@@ -573,7 +578,8 @@ def _unshare(limits: Limits, is_root: bool) -> list[str]:
                                 "runs under your own uid, and a timeout kills only its process group"]
     if not is_root and _libc.unshare(_CLONE_NEWUSER) == 0:
         _map_own_ids()
-    wanted = [(_CLONE_NEWNS, "mount", "the private temp dir is on the host disk, bounded per file only"),
+    wanted = [(_CLONE_NEWNS, "mount", "the private temp dir is on the host disk, bounded per file only, and "
+               "the child cannot import from a Python installation under a closed directory (/root)"),
               (_CLONE_NEWIPC, "IPC", "SysV IPC objects can outlive the child")]
     if not limits.network:
         wanted.append((_CLONE_NEWNET, "network", "the child HAS network access"))
@@ -586,31 +592,123 @@ def _unshare(limits: Limits, is_root: bool) -> list[str]:
 _TEMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")  # world-writable: shared by every uid
 
 
-def _private_tmp(limits: Limits, uid: int | None, status, workspace: str | None) -> str:
-    """A fresh tmpfs of max_disk_bytes on /tmp (and the other world-writable temp dirs), private to
-    this mount namespace: it bounds what the child can write there, and vanishes with it. Where it
-    cannot be mounted, a directory on the host, which the caller removes afterwards."""
+def _private_fs(limits: Limits, uid: int | None, status, covers: list[str], reveals: list[tuple[str, bool]]) -> str:
+    """The runner's view of the file system, private to this mount namespace; returns its temp dir.
+
+    A fresh tmpfs of max_disk_bytes on /tmp (and the other world-writable temp dirs): it bounds what
+    the child can write there, and vanishes with it. An empty tmpfs over each of `covers` (a directory
+    closed to the runner's uid that holds something it needs, like /root holding the interpreter).
+    Then each of `reveals` (path, read_only) mounted back at its own path from the host's copy.
+    Where nothing can be mounted: a temp dir on the host, which the caller removes afterwards."""
     owner = f",uid={uid},gid={uid}" if uid is not None else ""
     options = f"size={limits.max_disk_bytes},mode=1777{owner}".encode()
-    hidden = workspace and any(workspace.startswith(d + "/") for d in _TEMP_DIRS)
-    keep = os.open(workspace, os.O_PATH | os.O_DIRECTORY) if hidden else None
+    # Open what to show back before the covers hide it. Never left to the runner: an fd would be
+    # a way past the closed directory above it.
+    sources = [os.open(path, os.O_PATH | os.O_CLOEXEC) for path, _ in reveals]
     # Private propagation first, or our mounts would appear in the host's mount namespace.
     if (_libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) == 0
             and _libc.mount(b"tmpfs", b"/tmp", b"tmpfs", _MS_NOSUID | _MS_NODEV, options) == 0):
         for other in _TEMP_DIRS[1:]:  # one budget for all of them
             if os.path.isdir(other):
                 _libc.mount(b"/tmp", other.encode(), None, _MS_BIND, None)
-        if keep is not None:  # the workspace lived under a temp dir: put it back at the same path
-            os.makedirs(workspace)
-            if _libc.mount(f"/proc/self/fd/{keep}".encode(), workspace.encode(), None, _MS_BIND | _MS_REC, None):
-                raise OSError(ctypes.get_errno(), f"cannot mount the workspace {workspace} back in the sandbox")
-            os.close(keep)
+        for cover in covers:  # root-owned and 0755: the runner may pass, never write
+            if _libc.mount(b"tmpfs", cover.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, b"size=64k,mode=755"):
+                raise OSError(ctypes.get_errno(), f"cannot hide {cover} from the sandbox")
+        for (path, read_only), fd in zip(reveals, sources):
+            _mount_back(path, fd, read_only, status)
         return "/tmp"
+    for fd in sources:
+        os.close(fd)
     tmpdir = tempfile.mkdtemp(prefix="cwm-sandbox-")
     status.write(f"host_tmpdir={tmpdir}\n")
     if uid is not None:
         os.chown(tmpdir, uid, uid)
     return tmpdir
+
+
+def _mount_back(path: str, fd: int, read_only: bool, status) -> None:
+    """Bind the host's `path` (open as `fd`) back at the same path, under a cover or a private temp dir."""
+    is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+    os.makedirs(path if is_dir else os.path.dirname(path), exist_ok=True)
+    if not is_dir:  # a file is mounted on a file
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+    if _libc.mount(f"/proc/self/fd/{fd}".encode(), path.encode(), None, _MS_BIND | _MS_REC, None):
+        raise OSError(ctypes.get_errno(), f"cannot mount {path} back in the sandbox")
+    os.close(fd)
+    # A bind mount takes its flags from its source; read-only needs a second call.
+    if read_only and _libc.mount(None, path.encode(), None,
+                                 _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV, None):
+        status.write(f"warning=cannot make {path} read-only in the sandbox "
+                     f"({os.strerror(ctypes.get_errno())}); only file permissions protect it\n")
+
+
+def _mount_plan(uid: int | None, workspace: str | None) -> tuple[list[str], list[tuple[str, bool]]]:
+    """(covers, reveals) for _private_fs: the Python installation read-only, then the workspace writable
+    (last: it may lie inside a read-only one)."""
+    drop_uid = uid is not None
+    python = (sys.executable, sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sys.path)
+    covers, reveals = _hidden_python_paths(python, drop_uid)
+    reveals = [(path, True) for path in reveals]
+    if workspace:
+        hidden, cover = _hiding(workspace, drop_uid)  # no check of its mode: it is handed to the runner
+        if cover:
+            covers = sorted({*covers, cover})
+        if hidden:
+            reveals.append((workspace, False))
+    return covers, reveals
+
+
+@functools.lru_cache(maxsize=8)
+def _hidden_python_paths(python: tuple[str, ...], drop_uid: bool) -> tuple[list[str], list[str]]:
+    """Which of the paths a Python child needs (its prefixes, executable and sys.path) the runner would
+    not reach: the covers they need and the outermost paths to reveal. Cached: it stats every
+    ancestor of every path, about 0.2 ms, as much as the mounts themselves."""
+    paths = {os.path.normpath(p) for p in python if p and os.path.isabs(p)}
+    paths |= {os.path.realpath(p) for p in paths}  # the path as named, and where it leads
+    covers, reveals = set(), []
+    for path in sorted(paths):
+        if not os.path.exists(path):
+            continue
+        hidden, cover = _hiding(path, drop_uid)
+        if not hidden or (drop_uid and not _open_to_others(path)):
+            continue  # reachable already, or of no use to the runner (and it would block what lies below)
+        if cover:
+            covers.add(cover)
+        reveals.append(path)
+    # Mount only the outermost: what lies inside comes back with it.
+    reveals = [p for p in reveals if not any(_is_under(p, [q]) for q in reveals)]
+    return sorted(covers), reveals
+
+
+def _hiding(path: str, drop_uid: bool) -> tuple[bool, str | None]:
+    """Whether the runner would miss `path`, and the directory to cover for it, if any.
+
+    Missed: under a private temp dir (a fresh tmpfs), or, for a runner with a uid of its own, under
+    a directory that others may not search (like /root, mode 700): that one gets covered."""
+    if _is_under(path, _TEMP_DIRS):
+        return True, None
+    cover = _closed_ancestor(path) if drop_uid else None
+    return cover is not None, cover
+
+
+def _is_under(path: str, dirs) -> bool:
+    return any(path.startswith(d.rstrip("/") + "/") for d in dirs)
+
+
+def _closed_ancestor(path: str) -> str | None:
+    """The outermost directory above `path` that others may not search (no o+x), if any."""
+    parts = path.strip("/").split("/")[:-1]
+    for i in range(len(parts)):
+        ancestor = "/" + "/".join(parts[: i + 1])
+        if not os.stat(ancestor).st_mode & stat.S_IXOTH:
+            return ancestor
+    return None
+
+
+def _open_to_others(path: str) -> bool:
+    mode = os.stat(path).st_mode
+    wanted = stat.S_IROTH | (stat.S_IXOTH if stat.S_ISDIR(mode) else 0)
+    return mode & wanted == wanted
 
 
 def _map_own_ids() -> None:

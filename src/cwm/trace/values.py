@@ -10,6 +10,14 @@ so a change hidden in the elided part still counts as a change.
 A user-defined `__repr__` (or `__reduce__`, used by the fingerprint) runs under a wall-clock
 timer; when it raises or runs too long its text is a marker such as
 `<repr of Foo raised ValueError: boom>` or `<repr of Foo timed out>`.
+
+A tracer asks for the text of every local on every line, and most locals did not change, so
+`ValueRenderer.track` remembers what it rendered (`Tracked`) and skips the work it can prove
+useless: an immutable value that is the same object has the same text; a list or dict of
+scalars keeps a shallow copy, and while it holds the same objects in the same order (checked
+by identity, C speed, no user code) it has the same text; one that only grew at the end
+extends its text instead of rendering it again. Fingerprints of such values are taken only when
+a comparison needs them. Everything else is rendered again, as before.
 """
 
 from __future__ import annotations
@@ -18,6 +26,9 @@ import hashlib
 import pickle
 import signal
 from collections import Counter, OrderedDict, defaultdict, deque
+from itertools import islice
+from json.encoder import encode_basestring_ascii as json_str  # == json.dumps(str), in C
+from operator import is_
 
 DEFAULT_LIMIT = 1000  # characters of repr kept per value
 DEFAULT_REPR_TIMEOUT = 0.1  # seconds a user-defined __repr__ may run
@@ -25,6 +36,84 @@ ELLIPSIS = "..."
 
 # Types whose repr is short (or sliced by us) and can run no user code.
 _ATOMS = frozenset({int, float, complex, bool, type(None), type(Ellipsis), range})
+
+
+# Builtin immutable scalars: their repr, ==, hash and pickle run no user code, and an object of
+# one of these types has the same repr for as long as it lives.
+SCALARS = frozenset({int, float, complex, bool, str, bytes, type(None)})
+_STABLE_ATOMS = SCALARS | {type(Ellipsis), range}
+_STABLE_KINDS = _STABLE_ATOMS | {tuple, frozenset}
+MAX_SNAPSHOT = 100_000  # items; a bigger list or dict is rendered (and fingerprinted) on every change check
+
+# How a local changed since the scope's previous frame (ValueRenderer.track).
+SAME, CHANGED, REWRITTEN = 0, 1, 2  # REWRITTEN: the same (truncated) text, but the value changed
+_LATER = object()  # a fingerprint not taken yet: the value (or its snapshot) can still give it
+_UNKEPT = object()  # Tracked.value of a value that must be rendered again on every line
+
+
+class Tracked:
+    """What a scope remembers of one local, to tell cheaply whether its text changed.
+
+    The text is still right while `value is Tracked.value` and, for a container, while
+    `same_items(value, Tracked.items)`; `value` is `_UNKEPT` (never the program's object) when
+    neither can be trusted.
+    """
+
+    __slots__ = ("value", "items", "text", "truncated", "nbytes", "fingerprint")
+
+    def __init__(self, value, items, text: str, truncated: bool, fingerprint):
+        self.value = value  # the object itself, if identity can vouch for its text; else _UNKEPT
+        self.items = items  # for a list or dict of scalars: a shallow copy; else None
+        self.text = text
+        self.truncated = truncated
+        self.nbytes = len(json_str(text))  # bytes of the text as a JSON string in a trace
+        self.fingerprint = fingerprint  # of the value at that time: bytes, None (unpicklable) or _LATER
+
+    def digest(self) -> bytes | None:
+        if self.fingerprint is _LATER:  # builtin data only: pickled without the timer
+            self.fingerprint = _digest(_pickle(self.value if self.items is None else self.items))
+        return self.fingerprint
+
+
+def same_items(value, items) -> bool:
+    """Does this list or dict hold the very objects of its snapshot `items`, in the same order?"""
+    if len(value) != len(items):
+        return False
+    if type(items) is dict:
+        return all(map(is_, value, items)) and all(map(is_, value.values(), items.values()))
+    return all(map(is_, value, items))
+
+
+def _grew(value, items) -> bool:
+    """Did this list or dict only gain items at its end since its snapshot?"""
+    if len(value) <= len(items):
+        return False
+    if type(items) is dict:  # map() stops at the snapshot's end: the prefix is compared
+        return all(map(is_, value, items)) and all(map(is_, value.values(), items.values()))
+    return all(map(is_, value, items))
+
+
+def is_stable(value) -> bool:
+    """Can this value never change (builtin immutable all the way down)?"""
+    t = type(value)
+    if t in _STABLE_ATOMS:
+        return True
+    if t is not tuple and t is not frozenset:
+        return False
+    kinds = set(map(type, value))
+    if kinds <= SCALARS:
+        return True
+    try:
+        return kinds <= _STABLE_KINDS and all(map(is_stable, value))
+    except RecursionError:  # nested too deep to check: treat as changing
+        return False
+
+
+def holds_scalars(value) -> bool:
+    """Is this list's items (or this dict's keys and values) all of SCALARS?"""
+    if type(value) is dict:
+        return set(map(type, value)) <= SCALARS and set(map(type, value.values())) <= SCALARS
+    return set(map(type, value)) <= SCALARS
 
 
 class _Timeout(BaseException):
@@ -109,7 +198,60 @@ class ValueRenderer:
         data, failed = self._user_call("pickle", _pickle, value)
         if failed:
             return None
-        return hashlib.blake2b(data, digest_size=16).digest()
+        return _digest(data)
+
+    # -- change tracking ----------------------------------------------------------------------
+    def track(self, value, seen: Tracked | None) -> tuple[Tracked, int]:
+        """Render a local whose scope last saw it as `seen` (None: new); say how it changed.
+
+        Returns (what to remember, SAME | CHANGED | REWRITTEN). Callers first try the free case
+        themselves: `seen.value is value and (seen.items is None or same_items(value, seen.items))`
+        means SAME with the same text.
+        """
+        t = type(value)
+        if (t is list or t is dict) and seen is not None and seen.value is value and _grew(value, seen.items):
+            grown = self._extend(value, seen)  # xs.append(x), d[new_key] = x: look at the new items only
+            if grown is not None:
+                return grown, (REWRITTEN if grown.text == seen.text else CHANGED)
+        text, truncated = self.render(value)
+        kept, items = _UNKEPT, None
+        if t in SCALARS or is_stable(value):
+            kept = value
+        elif (t is list or t is dict) and len(value) <= MAX_SNAPSHOT and holds_scalars(value):
+            kept, items = value, value.copy()
+        fingerprint = None
+        if truncated:  # a mutable value's fingerprint is taken now: it may change under us later
+            fingerprint = _LATER if kept is not _UNKEPT else self.fingerprint(value)
+        new = Tracked(kept, items, text, truncated, fingerprint)
+        if seen is None or seen.text != text:
+            return new, CHANGED
+        if not truncated:
+            return new, SAME
+        # The same truncated text: did the value change in the part the text does not show?
+        now = new.digest()
+        return new, (REWRITTEN if now is None or now != seen.digest() else SAME)
+
+    def _extend(self, value, seen: Tracked) -> Tracked | None:
+        """The Tracked of a list or dict of scalars that grew at its end, or None to render it."""
+        n = len(seen.items)
+        if len(value) > MAX_SNAPSHOT:
+            return None
+        if type(value) is list:
+            tail, close = value[n:], "]"
+            simple = _simple(tail, self.limit)
+        else:
+            tail, close = dict(islice(value.items(), n, None)), "}"
+            simple = _simple(tail, self.limit) and _simple(tail.values(), self.limit)
+        if not simple:  # only numbers or only short strings: repr(tail) is quick and runs no user code
+            return None
+        if seen.truncated:  # the text shows a prefix of the old items only: it stays
+            return Tracked(value, value.copy(), seen.text, True, _LATER)
+        # repr(old + tail) is repr(old) with the tail's items before its closing bracket
+        text = seen.text[:-1] + (", " if n else "") + repr(tail)[1:-1] + close
+        truncated = len(text) > self.limit
+        if truncated:
+            text = text[: self.limit] + ELLIPSIS
+        return Tracked(value, value.copy(), text, truncated, _LATER)
 
     def _walk(self, v, out: list[str], budget: int, active: set[int]) -> int:
         """Append the repr of v to out until budget characters are written; return budget left."""
@@ -250,6 +392,10 @@ def _emit(out: list[str], s: str, budget: int) -> int:
 
 def _pickle(value) -> bytes:
     return pickle.dumps(value, protocol=5)
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 def _first_line(e: BaseException) -> str:

@@ -29,7 +29,12 @@ class Batch:
         return int((self.targets != -100).sum())
 
     def to(self, device) -> "Batch":
-        return Batch(*(t.to(device, non_blocking=True) for t in (self.inputs, self.targets, self.doc_ids)))
+        """Copy to `device`; to a GPU through pinned memory, so the copy does not wait for the
+        kernels already queued (a copy from pageable memory would)."""
+        tensors = (self.inputs, self.targets, self.doc_ids)
+        if torch.device(device).type == "cuda":
+            tensors = (t.pin_memory() for t in tensors)
+        return Batch(*(t.to(device, non_blocking=True) for t in tensors))
 
 
 def make_batch(rows: list[dict[str, np.ndarray]]) -> Batch:

@@ -256,8 +256,10 @@ class Trainer:
         batches = self.sampler.next_batches(
             cfg.train.global_batch_size, cfg.train.micro_batch_size, info.rank, info.world_size
         )
-        counts = torch.tensor([float(sum(b.num_targets for b in batches))], device=info.device)
-        n_targets = max(1.0, all_reduce_sum(counts).item())
+        n_targets = float(sum(b.num_targets for b in batches))  # counted on CPU: no GPU sync
+        if info.enabled:
+            n_targets = all_reduce_sum(torch.tensor([n_targets], device=info.device)).item()
+        n_targets = max(1.0, n_targets)
         # DDP and FSDP average gradients over ranks; the world factor turns that back into a sum.
         scale = info.world_size / n_targets
         loss_sum = torch.zeros((), device=info.device)
