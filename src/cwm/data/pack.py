@@ -165,6 +165,7 @@ def pack(
                 writer.add(*row)
         for row in rows.flush():
             writer.add(*row)
+        tok.save(writer.tmp)  # the dataset carries its tokenizer; training copies it into checkpoints
         writer.extra_meta.update(tokens={i.name: t for i, t in zip(inputs, taken)}, documents={i.name: d for i, d in zip(inputs, docs)})
     return json.loads((Path(out) / "meta.json").read_text())
 

@@ -6,6 +6,7 @@ A packed dataset is a directory:
     tokens.bin      int32  [N, L]  token ids
     doc_ids.bin     int32  [N, L]  document index inside each sequence (0, 0, 1, 1, 1, 2, ...)
     loss_mask.bin   uint8  [N, L]  1 where the token is a learning target
+    tokenizer.json  (or tokenizer.model) the tokenizer that made the ids, when `cwm data pack` wrote it
 
 Training reads a row as: inputs = tokens[:-1], targets = tokens[1:]; a target counts when its
 loss_mask is 1 and it belongs to the same document as its input (doc_ids[1:] == doc_ids[:-1]);
@@ -53,6 +54,10 @@ class PackedDataset:
 
     def __len__(self) -> int:
         return self.num_sequences
+
+    @property
+    def has_tokenizer(self) -> bool:
+        return (self.path / "tokenizer.json").is_file() or (self.path / "tokenizer.model").is_file()
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         return {

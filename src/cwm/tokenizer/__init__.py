@@ -2,6 +2,6 @@
 
 from cwm.tokenizer.bpe import train_bpe
 from cwm.tokenizer.specials import SPECIAL_TOKENS, release_id
-from cwm.tokenizer.tokenizer import Tokenizer, TokenizerError, load_tokenizer
+from cwm.tokenizer.tokenizer import Tokenizer, TokenizerError, copy_tokenizer_files, load_tokenizer
 
-__all__ = ["SPECIAL_TOKENS", "Tokenizer", "TokenizerError", "load_tokenizer", "release_id", "train_bpe"]
+__all__ = ["SPECIAL_TOKENS", "Tokenizer", "TokenizerError", "copy_tokenizer_files", "load_tokenizer", "release_id", "train_bpe"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -49,6 +50,18 @@ LLAMA3_PATTERN = (
     r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 HF_FILE, TIKTOKEN_FILE, CONFIG_FILE = "tokenizer.json", "tokenizer.model", "tokenizer_config.json"
+TOKENIZER_FILES = (HF_FILE, TIKTOKEN_FILE, CONFIG_FILE)
+
+
+def copy_tokenizer_files(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
+    """Copy the tokenizer files found in directory `src` into `dst` (e.g. a dataset's tokenizer
+    into a checkpoint, so the checkpoint is complete); returns the names copied."""
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (Path(src) / name).is_file():
+            shutil.copyfile(Path(src) / name, Path(dst) / name)
+            copied.append(name)
+    return copied
 
 
 class TokenizerError(ValueError):

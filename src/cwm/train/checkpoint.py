@@ -52,8 +52,11 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: Path, model, model_config, optimizer, scheduler, sampler, step: int, info: DistInfo) -> Path:
-    """Collective: every rank calls it; rank 0 writes `path` atomically."""
+def save_checkpoint(
+    path: Path, model, model_config, optimizer, scheduler, sampler, step: int, info: DistInfo, tokenizer_dir=None
+) -> Path:
+    """Collective: every rank calls it; rank 0 writes `path` atomically. With `tokenizer_dir`, its
+    tokenizer files go in too, so the checkpoint loads for generation on its own."""
     from cwm.model import Transformer, save_pretrained
 
     weights = get_model_state_dict(model, options=_FULL)
@@ -71,6 +74,10 @@ def save_checkpoint(path: Path, model, model_config, optimizer, scheduler, sampl
             plain = Transformer(model_config)
         plain.load_state_dict(weights, assign=True)
         save_pretrained(plain, tmp)
+        if tokenizer_dir is not None:
+            from cwm.tokenizer import copy_tokenizer_files
+
+            copy_tokenizer_files(tokenizer_dir, tmp)
         torch.save(
             {
                 "step": step,

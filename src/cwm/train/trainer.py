@@ -313,8 +313,10 @@ class Trainer:
         return metrics
 
     def save(self, path: Path) -> Path:
+        tokenizer_dir = next((ds.path for ds in self.train_sets if ds.has_tokenizer), None)
         path = ckpt.save_checkpoint(
-            path, self.model, self.plan.model_config, self.optimizer, self.scheduler, self.sampler, self.step, self.info
+            path, self.model, self.plan.model_config, self.optimizer, self.scheduler, self.sampler, self.step, self.info,
+            tokenizer_dir=tokenizer_dir,
         )
         if self.info.is_main:
             ckpt.prune_checkpoints(self.run_dir, self.cfg.checkpoint.keep_last)
