@@ -356,7 +356,8 @@ class Trainer:
                     f"tok/s {tokens_per_s:,.0f}{mfu} eta {format_duration(eta)}",
                 )
                 last_time, last_step = now, self.step
-            if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < total:
+            evaluating = self.valid_sets or self.hooks
+            if evaluating and cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < total:
                 self._log_eval()
             if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < total:
                 self.save(ckpt.step_path(self.run_dir, self.step))
