@@ -4,28 +4,20 @@ output is mostly malformed: it must be shown, never crash)."""
 
 import argparse
 import copy
-import difflib
 import io
-from pathlib import Path
 
 import pytest
+from conftest import make_tiny_checkpoint
 
 from cwm.backends import LocalBackend, Sampling
 from cwm.debugger import cli
 from cwm.debugger.session import Session, prepare
 from cwm.eval.metrics import action_of, state_of
 from cwm.eval.oracle import OracleBackend
-from cwm.eval.tracetext import frames_ids
 from cwm.eval.traces import Case, predict_teacher_forced
+from cwm.eval.tracetext import frames_ids
 
 PROGRAM = "def g(a, b):\n    return a * b\n\ndef f(x):\n    y = g(x, 2)\n    return y\n"
-
-
-@pytest.fixture(scope="module")
-def tok():
-    from cwm.tokenizer import train_bpe
-
-    return train_bpe(iter([Path(difflib.__file__).read_text()]), vocab_size=512)
 
 
 @pytest.fixture(scope="module")
@@ -144,16 +136,7 @@ def test_bad_input_gets_a_clear_error():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, tok):
-    from cwm.model import Transformer, get_preset, save_pretrained
-
-    path = tmp_path_factory.mktemp("tiny")
-    tok.save(path)
-    cfg = get_preset("cwm-tiny", vocab_size=tok.vocab_size, max_seq_len=1024,
-                     bos_token_id=tok.bos_id, eos_token_ids=tuple(tok.stop_ids))
-    model = Transformer(cfg)
-    model.init_weights(seed=0)
-    save_pretrained(model, path)
-    return path
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), tok, max_seq_len=1024)
 
 
 def parse(argv):

@@ -2,11 +2,11 @@
 programs), and both commands through the CLI with a real tiny untrained model."""
 
 import argparse
-import difflib
 import json
 from pathlib import Path
 
 import pytest
+from conftest import make_tiny_checkpoint
 
 from cwm.backends import Sampling
 from cwm.eval import cli
@@ -20,24 +20,8 @@ pytestmark = pytest.mark.skipif(not DATA.is_file(), reason="CruxEval data (../sh
 
 
 @pytest.fixture(scope="module")
-def tok():
-    from cwm.tokenizer import train_bpe
-
-    return train_bpe(iter([Path(difflib.__file__).read_text()]), vocab_size=512)
-
-
-@pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, tok):
-    from cwm.model import Transformer, get_preset, save_pretrained
-
-    path = tmp_path_factory.mktemp("tiny")
-    tok.save(path)
-    cfg = get_preset("cwm-tiny", vocab_size=tok.vocab_size, max_seq_len=2048,
-                     bos_token_id=tok.bos_id, eos_token_ids=tuple(tok.stop_ids))
-    model = Transformer(cfg)
-    model.init_weights(seed=0)
-    save_pretrained(model, path)
-    return path
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), tok)
 
 
 def real_trace(item):

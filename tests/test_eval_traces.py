@@ -8,7 +8,6 @@ has 10 frames; frame 0 (main's call) is given, so 9 steps are scored:
 """
 
 import copy
-import difflib
 from pathlib import Path
 
 import pytest
@@ -16,20 +15,13 @@ import pytest
 from cwm.backends import Sampling
 from cwm.eval.metrics import aggregate
 from cwm.eval.oracle import OracleBackend, OracleSet
-from cwm.eval.tracetext import MARKER, entry_context, frames_ids
 from cwm.eval.traces import Case, evaluate_case, run_traces
+from cwm.eval.tracetext import MARKER, entry_context, frames_ids
 from cwm.trace import trace_call
 
 PROGRAM = "def g(a, b):\n    return a * b\n\ndef f(x):\n    y = g(x, 2)\n    return y\n"
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SAMPLING = Sampling(max_new_tokens=4000)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    from cwm.tokenizer import train_bpe
-
-    return train_bpe(iter([Path(difflib.__file__).read_text()]), vocab_size=512)
 
 
 def real_case(program: str, call: str) -> Case:

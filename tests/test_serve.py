@@ -4,34 +4,18 @@ The model is real but tiny and untrained: the cwm-tiny preset, randomly initiali
 save_pretrained beside a small BPE tokenizer trained here. Nothing is mocked.
 """
 
-import difflib
 import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
 import uvicorn
+from conftest import make_tiny_checkpoint
 
 from cwm.backends import BackendError, HTTPBackend, LocalBackend, Sampling
 from cwm.serve.app import create_app
-
-CORPUS = Path(difflib.__file__).read_text()  # any Python text will do for a tiny BPE
-
-
-def make_tiny_checkpoint(path):
-    from cwm.model import Transformer, get_preset, save_pretrained
-    from cwm.tokenizer import train_bpe
-
-    tok = train_bpe(iter([CORPUS]), vocab_size=512, out_dir=path)
-    cfg = get_preset("cwm-tiny", vocab_size=tok.vocab_size, max_seq_len=512,
-                     bos_token_id=tok.bos_id, eos_token_ids=tuple(tok.stop_ids))
-    model = Transformer(cfg)
-    model.init_weights(seed=0)
-    save_pretrained(model, path)
-    return path
 
 
 def free_port() -> int:
@@ -41,8 +25,8 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def local(tmp_path_factory):
-    return LocalBackend.from_dir(make_tiny_checkpoint(tmp_path_factory.mktemp("tiny")))
+def local(tmp_path_factory, tok):
+    return LocalBackend.from_dir(make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), tok, max_seq_len=512))
 
 
 @pytest.fixture(scope="module")
@@ -158,16 +142,14 @@ def test_http_backend_reports_a_dead_server(local):
         HTTPBackend(f"http://127.0.0.1:{free_port()}", local.tokenizer).complete([1, 2])
 
 
-def test_cwm_serve_cli_runs_a_real_server(local, tmp_path_factory):
+def test_cwm_serve_cli_runs_a_real_server(local, tmp_path_factory, tok):
     """`cwm serve` as a user runs it: a subprocess on a free port, stopped with SIGTERM."""
     import subprocess
     import sys
 
-    ckpt = make_tiny_checkpoint(tmp_path_factory.mktemp("cli"))
+    ckpt = make_tiny_checkpoint(tmp_path_factory.mktemp("cli"), tok, max_seq_len=512)
     port = free_port()
-    code = ("import sys; from cwm.cli import VERBS, main; VERBS['serve'] = ('cwm.serve.cli', 'serve'); "
-            "sys.exit(main(sys.argv[1:]))")
-    proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--model", str(ckpt), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "cwm", "serve", "--model", str(ckpt), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -185,9 +167,9 @@ def test_cwm_serve_cli_runs_a_real_server(local, tmp_path_factory):
 
 
 def test_cwm_serve_cli_names_a_bad_checkpoint(tmp_path, capsys):
-    from cwm.serve import cli
-
     import argparse
+
+    from cwm.serve import cli
 
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
