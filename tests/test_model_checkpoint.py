@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from cwm.model import CheckpointError, ModelConfig, Transformer, get_preset, load_pretrained, save_pretrained
+from cwm.model import CheckpointError, Transformer, get_preset, load_pretrained, save_pretrained
 from cwm.model.convert import convert_meta_to_hf, meta_to_hf_rows, save_meta
 from cwm.model.transformer import apply_rope, rope_inv_freq, rope_table
 

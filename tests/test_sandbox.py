@@ -15,10 +15,8 @@ import signal
 import shutil
 import socket
 import stat
-import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from pathlib import Path

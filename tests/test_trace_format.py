@@ -93,7 +93,7 @@ names = st.sampled_from(["x", "y", "zz", "é", "<|frame_sep|>"])
 @st.composite
 def traces(draw):
     """Well-formed traces: balanced call/return with line and exception frames in between."""
-    frames, depth, open_locals = [], 0, []
+    frames, open_locals = [], []
 
     def call():
         loc = draw(st.dictionaries(names, texts.filter(lambda v: v != ".."), max_size=3))
