@@ -60,10 +60,10 @@ def render_report(source: str, real: list[Frame], predicted: list[Frame], title:
         p = predicted[i] if i < len(predicted) else None
         css = "" if score.step_ok[i] else ("first" if i == score.first_divergence else "diff")
         anchor = " id='first-divergence'" if i == score.first_divergence else ""
-        rows.append(f"<tr class='{css}'{anchor}><td>{i}</td>{_frame_cells(r)}{_frame_cells(p)}</tr>")
+        rows.append(f"<tr class='{css}'{anchor}><td>{i + 1}</td>{_frame_cells(r)}{_frame_cells(p)}</tr>")
     divergence = (
         "none" if score.first_divergence is None
-        else f"<a href='#first-divergence'>step {score.first_divergence}</a>"
+        else f"<a href='#first-divergence'>step {score.first_divergence + 1}</a>"
     )
     summary = (
         f"valid format: {score.valid} · action match: {score.action:.3f} · state match: "
