@@ -1,10 +1,12 @@
 """Tracer speed: our tracer vs PySnooper on the same calls, in line events per second.
 
 Both record every line of the same program calls (loops, recursion, list building, string
-work; a few thousand line events). Ours records the full CWM frame content (every local's repr
-on every line); PySnooper runs with its default settings except `output` (a callable that
-discards) and `depth` (so it, too, steps into the program's nested calls). The last line is
-`ratio: X`, ours over PySnooper, the median over repeats.
+work; a few thousand line events). Ours records the full CWM frame content (the text of every
+local on every line, and each frame's size against the limits; it re-renders only the locals
+it cannot prove unchanged, see docs/trace-format.md) and its time includes parsing and
+compiling the program; PySnooper runs with its default settings except `output` (a callable
+that discards) and `depth` (so it, too, steps into the program's nested calls). The last line
+is `ratio: X`, ours over PySnooper, the median over repeats.
 
     .venv/bin/python benchmarks/tracer.py [--repeats 5]
 """

@@ -1,9 +1,12 @@
 """The tracer on real programs: sys.settrace semantics, entry points, values, limits."""
 
+import pickle
 import sys
 import textwrap
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cwm.trace import CALL, EXCEPTION, LINE, RETURN, TraceError, to_cwm_text, trace_call, trace_entry, trace_script
 from cwm.trace.format import frame_nbytes, outcome, written_locals
@@ -235,3 +238,184 @@ def test_tracing_leaves_no_trace_function_behind():
     assert sys.gettrace() is before
     status, value, error = outcome(trace_call("def f():\n    return 1\n", "f()").frames)
     assert (status, value, error) == ("ok", "1", None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Change tracking: the recorder skips re-rendering locals it can prove unchanged (values.track).
+# Each test checks the written locals against brute force: every local's full repr and pickle,
+# taken on every line by a plain sys.settrace tracer over the same function.
+
+
+def brute_force_written(source: str, call: str, limit: int) -> list[dict[str, str]]:
+    """The locals each line frame of the entry should write, from full reprs and pickles."""
+    ns: dict = {}
+    exec(compile(source, "<brute>", "exec"), ns)
+    fn = ns[call.split("(")[0]]
+    snapshots = []
+
+    def tracer(frame, event, arg):
+        if frame.f_code is not fn.__code__:
+            return None
+        if event == LINE:
+            snapshots.append({k: (repr(v), pickle.dumps(v)) for k, v in frame.f_locals.items()})
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        eval(call, ns)
+    finally:
+        sys.settrace(None)
+    written, previous = [], {}
+    for snap in snapshots:
+        row = {}
+        for name, (full, data) in snap.items():
+            text = full if len(full) <= limit else full[:limit] + "..."
+            same = name in previous and previous[name][0] == text and (len(full) <= limit or previous[name][1] == data)
+            row[name] = ".." if same else text
+        written.append(row)
+        texts = {name: previous[name][0] if row[name] == ".." else row[name] for name in row}
+        previous = {name: (texts[name], data) for name, (_, data) in snap.items()}
+    return written
+
+
+def our_written(trace) -> list[dict[str, str]]:
+    rows, previous = [], None
+    for f in trace.frames:
+        if f.depth == 0 and f.event in (CALL, LINE):
+            if f.event == LINE:
+                rows.append(written_locals(f, previous))
+            previous = f.locals
+    return rows
+
+
+def check_against_brute_force(body: str, limit: int, args: str = "") -> None:
+    source = "def f():\n" + textwrap.indent(textwrap.dedent(body).strip("\n"), "    ") + "\n    return 0\n"
+    trace = trace_call(source, f"f({args})", value_limit=limit)
+    assert trace.status == "ok", trace.error
+    assert our_written(trace) == brute_force_written(source, f"f({args})", limit)
+
+
+def test_a_list_mutated_in_place_every_line_is_written_whenever_it_changed():
+    check_against_brute_force("""
+        xs = [3, 1, 2]
+        xs.sort()
+        xs.sort()
+        xs[0] = 1
+        xs[0] = True
+        xs[0] = 1.0
+        xs[1] = -0.0
+        xs[1] = 0.0
+        xs.reverse()
+        xs.append(4)
+        xs.pop()
+        xs = list(xs)
+    """, limit=1000)
+
+
+def test_a_nested_list_or_a_list_in_a_dict_mutated_inside_is_written():
+    check_against_brute_force("""
+        grid = [[0, 0], [0, 0]]
+        grid[0][1] = 5
+        grid[0][1] = 5
+        d = {"a": [1], "b": 2}
+        d["a"].append(2)
+        d["b"] += 1
+        d["b"] += 0
+        t = (1, [2])
+        t[1].append(3)
+    """, limit=1000)
+
+
+def test_equal_but_different_objects_are_unchanged_and_lookalikes_are_changed():
+    check_against_brute_force("""
+        x = 1000
+        x = x + 0
+        y = [1, 2]
+        y = [1, 2]
+        z = {1: 'a'}
+        z = {True: 'a'}
+        w = [1]
+        w = None
+        v = 'a' * 3
+        v = 'aaa'
+    """, limit=1000)
+
+
+def test_changes_beyond_the_truncated_text_are_written_and_no_others():
+    check_against_brute_force("""
+        xs = list(range(30))
+        xs.append(30)
+        xs[-1] = -1
+        xs[-1] = -1
+        xs = list(xs)
+        xs[-1] = True
+        xs += [1]
+        d = dict.fromkeys(range(20), 0)
+        d[19] = 1
+        d[19] = 1
+        d[20] = 2
+        s = 'x' * 50
+        s = s[:-1] + 'y'
+        s = s[:-1] + 'y'
+        big = 10 ** 40
+        big += 1
+        nested = [list(range(10)), [0]]
+        nested[-1].append(1)
+    """, limit=20)
+
+
+MUTATIONS = [
+    "xs.append({v})", "xs[{i} % len(xs)] = {v}", "xs.insert(0, {v})", "if len(xs) > 1: xs.pop(0)", "xs.reverse()",
+    "xs.sort(key=repr)", "xs = list(xs)", "xs[0] = [xs[0]]", "if type(xs[0]) is list: xs[0].append({v})",
+    "d[{i}] = {v}", "d.pop({i}, None)", "d = dict(d)", "s = s[:-1] + repr({v})[-1]", "t = (t[0], {v})",
+]  # fmt: skip
+VALUES = ["0", "1", "7", "True", "1.0", "-0.0", "0.0", "10**30", "'a'", "\"'\"", "300"]  # 1 == True == 1.0, 0.0 == -0.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(MUTATIONS), min_size=1, max_size=12),
+       st.lists(st.sampled_from(VALUES), min_size=12, max_size=12), st.integers(0, 5), st.sampled_from([8, 25, 1000]))
+def test_random_mutations_are_written_exactly_when_they_change(ops, values, i, limit):
+    body = "xs = [0, 1, 2]\nd = {}\ns = 'abc' * 10\nt = (1, 2)\n"
+    body += "\n".join(op.format(v=v, i=i + k) for k, (op, v) in enumerate(zip(ops, values)))
+    check_against_brute_force(body, limit=limit)
+
+
+def test_user_eq_of_list_items_is_never_called_to_check_for_changes():
+    t = trace_call(src("""
+        class Item:
+            def __init__(self, log):
+                self.log = log
+            def __eq__(self, other):
+                self.log.append("eq")
+                return True
+            __hash__ = object.__hash__
+            def __repr__(self):
+                return "Item"
+        def f(log):
+            xs = [1, 2]
+            xs[0] = Item(log)
+            n = 0
+            n = 1
+            return log.count("eq")
+    """), "f([])")
+    assert t.return_value == "0"  # every line was rendered before this count ran
+    texts = [f.locals.get("xs") for f in t.frames if f.event == LINE and f.depth == 0]
+    assert texts == [None, "[1, 2]", "[Item, 2]", "[Item, 2]", "[Item, 2]"]
+
+
+def test_size_accounting_is_exact_at_the_byte_limit():
+    program = src("""
+        def f(n):
+            xs, d, s = [], {}, ''
+            for i in range(n):
+                xs.append(i * 1000)
+                d[str(i)] = [i]
+                s += 'é"'
+            return len(xs)
+    """)
+    full = trace_call(program, "f(40)", value_limit=60)
+    total = len(to_cwm_text(full).encode())
+    assert trace_call(program, "f(40)", value_limit=60, max_bytes=total).status == "ok"
+    cut = trace_call(program, "f(40)", value_limit=60, max_bytes=total - 1)
+    assert cut.status == "size_limit" and cut.frames == full.frames[:-1]

@@ -1,11 +1,12 @@
 """Value rendering: exact repr for ordinary values, the truncation rule, bounded cost."""
 
+import json
 import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cwm.trace.values import ValueRenderer
+from cwm.trace.values import CHANGED, REWRITTEN, SAME, ValueRenderer
 
 atoms = st.one_of(st.integers(), st.floats(), st.booleans(), st.none(), st.text(max_size=20), st.binary(max_size=8))
 values = st.recursive(
@@ -46,3 +47,24 @@ def test_cost_per_value_does_not_grow_with_its_size():
     assert r.render(nested)[0].startswith("[[0, 0, 0], [1, 1, 1]")
     assert cost(huge_str) < 0.05 and r.render(huge_str)[0] == repr(huge_str)[:200] + "..."
     assert r.render(10**20000)[0] == "1" + "0" * 199 + "..."  # past int's own 4300-digit repr limit
+
+
+scalars = st.one_of(
+    st.integers(-(10**6), 10**6), st.floats(allow_nan=False), st.booleans(), st.none(), st.text(max_size=6)
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(scalars, max_size=20), st.lists(scalars, max_size=5), st.integers(5, 120))
+def test_a_list_or_dict_that_grew_extends_its_text_exactly(head, tail, limit):
+    r = ValueRenderer(limit)
+    for value, more in ((list(head), tail), (dict(enumerate(head)), {len(head) + k: v for k, v in enumerate(tail)})):
+        seen, how = r.track(value, None)
+        assert how == CHANGED and seen[2] == r.render(value)[0]
+        value.update(more) if type(value) is dict else value.extend(more)
+        now, how = r.track(value, seen)
+        text, truncated = r.render(value)
+        assert now[2] == text and now[3] == len(json.dumps(text))
+        # a grown value always changed: written in full, as CHANGED (new text) or REWRITTEN (same cut text)
+        assert how == (SAME if not more else CHANGED if text != seen[2] else REWRITTEN)
+        assert truncated or how != REWRITTEN

@@ -35,7 +35,7 @@ from cwm.trace.format import (
     source_lines,
 )  # fmt: skip
 from cwm.trace.values import (
-    DEFAULT_LIMIT, DEFAULT_REPR_TIMEOUT, REWRITTEN, SAME, Tracked, ValueRenderer, json_str, same_items,
+    DEFAULT_LIMIT, DEFAULT_REPR_TIMEOUT, QUICK, QUICK_INT, REWRITTEN, ValueRenderer, json_str, same_items,
 )  # fmt: skip
 
 PROGRAM = "<program>"
@@ -57,150 +57,194 @@ class _Stop(BaseException):
     """Raised from the trace function to end the run once a limit is hit."""
 
 
-class _Scope:
-    """One open scope: what it last saw of each local, and the bytes its names take in a frame."""
-
-    __slots__ = ("seen", "names_nbytes")
-
-    def __init__(self):
-        self.seen: dict[str, Tracked] = {}
-        self.names_nbytes = 0  # sum over its locals of len(json name) + len(": ") + len(", ")
-
-
 class _Recorder:
+    """One traced run: `run(fn, *args)` sets `frames`, `status`, `return_value` and `error`."""
+
     def __init__(self, source: str, context: str, filename: str, is_entry, *, max_events: int, max_bytes: int,
                  timeout: float | None, value_limit: int, repr_timeout: float, whole_module: bool = False):
         self.filename = filename
         self.lines = source_lines(source)
-        self.line_nbytes = [len(line.encode()) for line in self.lines]
         self.is_entry = is_entry  # frame -> bool: does this call start the trace?
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.timeout = timeout
-        self.deadline = None  # time.monotonic() past which the trace stops, when a timeout is set
         self.whole_module = whole_module
         self.values = ValueRenderer(value_limit, repr_timeout, threading.current_thread() is threading.main_thread())
-        self.frames: list[Frame] = []
         # the size limit is on the whole text: prompt, frames and <|end_of_text|>
-        self.nbytes = len(prompt_text(context).encode()) + len(END_OF_TEXT)
-        self.scopes: list[_Scope] = []
+        self.prompt_nbytes = len(prompt_text(context).encode()) + len(END_OF_TEXT)
         self.ours: dict[types.CodeType, int] = {}  # code -> its def line, or -1 if not ours
-        self.started = self.done = self.removed = False
+        self.frames: list[Frame] = []
+        self.started = self.completed = self.removed = False
         self.status: str | None = None
+        self.return_value: str | None = None
         self.error: str | None = None
-        self.local_trace = self.on_event  # one bound method, not a new one per event
 
-    # -- sys.settrace callbacks ---------------------------------------------------------------
-    def on_call(self, frame, event, arg):
-        """The global trace function: CPython calls it for every new frame."""
-        if self.done:
-            return None
-        code = frame.f_code
-        def_line = self.ours.get(code)
-        if def_line is None:
-            def_line = self.ours[code] = self._def_line(code)
-        if def_line < 0:
-            return None  # library code: stepped over
-        if not self.started:
-            if not self.is_entry(frame):
-                return None
-            self.started = True
-            if self.timeout:
-                self.deadline = time.monotonic() + self.timeout
-        try:
-            lineno = frame.f_lineno
-            if lineno in (0, code.co_firstlineno):  # a fresh call (not a generator resuming)
-                lineno = def_line
-            scope = _Scope()
-            self.scopes.append(scope)
-            texts, nbytes, _ = self._locals(frame, scope)
-            self._add(Frame(CALL, lineno, self.lines[lineno - 1], texts, None, len(self.scopes) - 1),
-                      _FRAME_NBYTES[CALL] + self.line_nbytes[lineno - 1] + nbytes)
-        except _Stop:
-            raise
-        except Exception as e:
-            self._fail(e)
-        return self.local_trace
+    # -- the sys.settrace callbacks -----------------------------------------------------------
+    def _trace_function(self):
+        """The global trace function (on_call, which gives each frame of ours on_event as its
+        local one): closures over the run.
 
-    def on_event(self, frame, event, arg):
-        """The local trace function of the program's frames."""
-        if self.done:
-            return None
-        try:
-            lineno = frame.f_lineno
-            if event == LINE:  # the hot path: keep it lean
-                texts, nbytes, rewritten = self._locals(frame, self.scopes[-1])
-                self._add(Frame(LINE, lineno, self.lines[lineno - 1], texts, None, len(self.scopes) - 1, rewritten),
-                          _FRAME_NBYTES[LINE] + self.line_nbytes[lineno - 1] + nbytes)
-            elif event == RETURN:
-                self._value_frame(RETURN, lineno, arg)
-                self.scopes.pop()
-                if not self.scopes:  # the entry scope is left: the trace is complete
-                    self.done = True
-                    self.status, self.return_value, self.error = outcome(self.frames)
-                    self.real_settrace(None)  # nothing more to see: run the rest at full speed
-            elif event == EXCEPTION:
-                self._value_frame(EXCEPTION, lineno, arg[1])
-        except _Stop:
-            raise
-        except Exception as e:
-            self._fail(e)
-        return self.local_trace
-
-    # -- recording ----------------------------------------------------------------------------
-    def _add(self, frame: Frame, nbytes: int) -> None:
-        """Append the frame (nbytes: the bytes of its text) unless it passes a limit."""
-        if len(self.frames) >= self.max_events:
-            self._stop("event_limit", f"the trace passed {self.max_events} events (max_events)")
-        if self.deadline is not None and time.monotonic() > self.deadline:
-            self._stop("timeout", f"the trace ran past {self.timeout} s")
-        if self.nbytes + nbytes > self.max_bytes:
-            self._stop("size_limit", f"the trace passed {self.max_bytes} bytes (max_bytes)")
-        self.nbytes += nbytes
-        self.frames.append(frame)
-
-    def _value_frame(self, event: str, lineno: int, value) -> None:
-        text = self.values.render(value)[0]
-        self._add(Frame(event, lineno, self.lines[lineno - 1], None, text, len(self.scopes) - 1),
-                  _FRAME_NBYTES[event] + self.line_nbytes[lineno - 1] + len(json_str(text)))
-
-    def _locals(self, frame, scope: _Scope) -> tuple[dict[str, str], int, tuple[str, ...]]:
-        """(texts, bytes of the locals as written with "..", rewritten names); updates the scope.
-
-        A local the scope has seen (its first frame is a call: none) is written ".." unless its
-        text changed or it is REWRITTEN (see values.py).
+        They run on every event of the program, so they keep their state in closure variables
+        (quicker to reach than attributes), render only the locals that changed (values.track),
+        and count the bytes of each frame's text as they go instead of rendering it.
         """
-        seen_of = scope.seen
-        texts: dict[str, str] = {}
-        written_nbytes = 0  # beyond ".." for the locals written in full
-        rewritten = ()
-        items = frame.f_locals.items()
-        if self.whole_module and frame.f_code.co_name == "<module>":
-            items = [(k, v) for k, v in items if not (k[:2] == "__" or isinstance(v, _DEFINITIONS))]
-        for name, value in items:
-            seen = seen_of.get(name)
-            # Most locals did not change since the last line: take the text we have.
-            if seen is not None and seen.value is value and (seen.items is None or same_items(value, seen.items)):
-                texts[name] = seen.text
-                continue
-            if name[0] == ".":  # a comprehension's hidden iterator argument (.0)
-                continue
-            if seen is None:
-                scope.names_nbytes += len(json_str(name)) + 4
-            seen, how = self.values.track(value, seen)
-            seen_of[name] = seen
-            texts[name] = seen.text
-            if how != SAME:
-                written_nbytes += seen.nbytes - _UNCHANGED_NBYTES
-                if how == REWRITTEN:
-                    rewritten += (name,)  # changed beyond its truncated text
-        if len(seen_of) != len(texts):
-            for gone in seen_of.keys() - texts.keys():
-                del seen_of[gone]
-                scope.names_nbytes -= len(json_str(gone)) + 4
-        if not texts:
-            return texts, 2, rewritten  # "{}"
-        return texts, scope.names_nbytes + _UNCHANGED_NBYTES * len(texts) + written_nbytes, rewritten
+        frames, lines, ours = self.frames, self.lines, self.ours
+        record = frames.append
+        track, render, limit = self.values.track, self.values.render, self.values.limit
+        max_events, max_bytes, whole_module = self.max_events, self.max_bytes, self.whole_module
+        source_of = [""] + lines  # by line number
+        # bytes of each event's frame text besides its locals or value, by event and line number
+        fixed = {event: [0] + [n + len(line.encode()) for line in lines] for event, n in _FRAME_NBYTES.items()}
+        line_fixed = fixed[LINE]
+        # Per open scope, [what it remembers of each local (values.track), the bytes its locals take
+        # when all are written ".." (the sum of len('"name": "..", ') over them, less 2 for "{}",
+        # to which a frame adds the extra bytes of the locals it writes in full), whether it is a
+        # whole script's module].
+        scopes: list[list] = []
+        depth = -1  # of the open scope below the entry's (len(scopes) - 1)
+        nbytes = self.prompt_nbytes  # of the text so far
+        deadline = None  # time.monotonic() past which the trace stops, when there is a timeout
+        done = False
+
+        def stop(status: str, error: str):
+            nonlocal done
+            self.status, self.error, done = status, error, True
+            raise _Stop
+
+        def check_limits(event_nbytes: int) -> None:
+            """Stop the run if recording one more event, of event_nbytes bytes, passes a limit."""
+            if len(frames) >= max_events:
+                stop("event_limit", f"the trace passed {max_events} events (max_events)")
+            if nbytes + event_nbytes > max_bytes:
+                stop("size_limit", f"the trace passed {max_bytes} bytes (max_bytes)")
+            if deadline is not None and time.monotonic() > deadline:
+                stop("timeout", f"the trace ran past {self.timeout} s")
+
+        def module_state(namespace: dict) -> list:
+            """A whole script's module-level (name, value) pairs that are state, not definitions."""
+            return [(k, v) for k, v in namespace.items() if not (k[:2] == "__" or isinstance(v, _DEFINITIONS))]
+
+        def on_call(frame, event, arg):
+            """The global trace function: CPython calls it for every new frame."""
+            nonlocal deadline, nbytes, depth
+            if done:
+                return None
+            code = frame.f_code
+            def_line = ours.get(code)
+            if def_line is None:
+                def_line = ours[code] = self._def_line(code)
+            if def_line < 0:
+                return None  # library code: stepped over
+            if not self.started:
+                if not self.is_entry(frame):
+                    return None
+                self.started = True
+                if self.timeout:
+                    deadline = time.monotonic() + self.timeout
+            try:
+                lineno = frame.f_lineno
+                if lineno in (0, code.co_firstlineno):  # a fresh call (not a generator resuming)
+                    lineno = def_line
+                # A new scope: every local is written in full.
+                seen_of, texts, unchanged_nbytes, size = {}, {}, 0, fixed[CALL][lineno]
+                is_module = whole_module and code.co_name == "<module>"
+                for name, value in module_state(frame.f_locals) if is_module else frame.f_locals.items():
+                    if name[0] == ".":  # a comprehension's hidden iterator argument (.0)
+                        continue
+                    seen_of[name] = seen = track(value, None)[0]
+                    texts[name] = seen[2]
+                    unchanged_nbytes += len(json_str(name)) + 4 + _UNCHANGED_NBYTES
+                    size += seen[3] - _UNCHANGED_NBYTES
+                size += unchanged_nbytes if texts else 2  # "{}"
+                if len(frames) >= max_events or nbytes + size > max_bytes or deadline is not None:
+                    check_limits(size)
+                scopes.append([seen_of, unchanged_nbytes, is_module])
+                depth += 1
+                nbytes += size
+                record(Frame(CALL, lineno, source_of[lineno], texts, None, depth))
+            except _Stop:
+                raise
+            except Exception as e:
+                stop("tracer_error", f"the tracer failed: {type(e).__name__}: {e}")
+            return on_event
+
+        def on_event(frame, event, arg):
+            """The local trace function of the program's frames."""
+            nonlocal done, nbytes, depth
+            if done:
+                return None
+            try:
+                lineno = frame.f_lineno
+                if event == "line":
+                    # The hot path. Most locals did not change since the scope's previous frame:
+                    # they keep their text and are written ".." (values.track says when it is safe).
+                    scope = scopes[-1]
+                    seen_of = scope[0]
+                    texts = {}
+                    size = line_fixed[lineno]
+                    rewritten = ()
+                    for name, value in module_state(frame.f_locals) if scope[2] else frame.f_locals.items():
+                        seen = seen_of.get(name)
+                        if seen is not None and seen[0] is value and (seen[1] is None or same_items(value, seen[1])):
+                            texts[name] = seen[2]
+                            continue
+                        t = type(value)
+                        if seen is not None and (t is int and -QUICK_INT < value < QUICK_INT or t in QUICK):
+                            text = repr(value)  # a number: values.track's first case, inlined (hot)
+                            if len(text) <= limit:
+                                seen_of[name] = (value, None, text, len(text) + 2, None)
+                                texts[name] = text
+                                if text != seen[2]:
+                                    size += len(text) + 2 - _UNCHANGED_NBYTES
+                                continue
+                        if name[0] == ".":
+                            continue
+                        if seen is None:
+                            scope[1] += len(json_str(name)) + 4 + _UNCHANGED_NBYTES
+                        seen, how = track(value, seen)
+                        seen_of[name] = seen
+                        texts[name] = seen[2]
+                        if how:  # CHANGED or REWRITTEN: written in full
+                            size += seen[3] - _UNCHANGED_NBYTES
+                            if how == REWRITTEN:
+                                rewritten += (name,)
+                    if len(seen_of) != len(texts):  # deleted locals
+                        for gone in seen_of.keys() - texts.keys():
+                            del seen_of[gone]
+                            scope[1] -= len(json_str(gone)) + 4 + _UNCHANGED_NBYTES
+                    size += scope[1] if texts else 2  # "{}"
+                    if len(frames) >= max_events or nbytes + size > max_bytes or deadline is not None:
+                        check_limits(size)
+                    nbytes += size
+                    record(Frame(LINE, lineno, source_of[lineno], texts, None, depth, rewritten))
+                    return on_event
+                if event == RETURN or event == EXCEPTION:
+                    value = arg if event == RETURN else arg[1]
+                    t = type(value)
+                    if t is int and -QUICK_INT < value < QUICK_INT or t in QUICK:
+                        text = repr(value)  # a number (as above)
+                        if len(text) > limit:
+                            text = render(value)[0]
+                    else:
+                        text = render(value)[0]
+                    size = fixed[event][lineno] + len(json_str(text))
+                    if len(frames) >= max_events or nbytes + size > max_bytes or deadline is not None:
+                        check_limits(size)
+                    nbytes += size
+                    record(Frame(event, lineno, source_of[lineno], None, text, depth))
+                    if event == RETURN:
+                        scopes.pop()
+                        depth -= 1
+                        if not scopes:  # the entry scope is left: the trace is complete
+                            done = self.completed = True
+                            self.real_settrace(None)  # nothing more to see: run the rest at full speed
+            except _Stop:
+                raise
+            except Exception as e:
+                stop("tracer_error", f"the tracer failed: {type(e).__name__}: {e}")
+            return on_event
+
+        return on_call
 
     def _def_line(self, code) -> int:
         if code.co_filename != self.filename:
@@ -211,27 +255,20 @@ class _Recorder:
                 n += 1
         return n
 
-    def _stop(self, status: str, error: str):
-        self.status, self.error, self.done = status, error, True
-        raise _Stop
-
-    def _fail(self, e: Exception):
-        self._stop("tracer_error", f"the tracer failed: {type(e).__name__}: {e}")
-
     # -- running ------------------------------------------------------------------------------
     def run(self, fn, *args) -> None:
-        """fn(*args) with this recorder as the trace function; sets frames, status, error."""
+        """fn(*args) with this recorder's trace functions; sets frames, status, return_value, error."""
         real_settrace = self.real_settrace = sys.settrace
+        on_call = self._trace_function()
 
         def guarded_settrace(func):  # a program that removes our tracer must not look complete
-            if func is not self.on_call:
+            if func is not on_call:
                 self.removed = True
             real_settrace(func)
 
-        self.return_value = None
         with self.values:
             sys.settrace = guarded_settrace
-            real_settrace(self.on_call)
+            real_settrace(on_call)
             try:
                 fn(*args)
             except _Stop:
@@ -240,11 +277,13 @@ class _Recorder:
                 if not self.started:
                     self.status, self.error = "error", f"the program raised {type(e).__name__}: {e}"
             finally:
-                still_ours = sys.gettrace() == self.on_call
+                still_ours = sys.gettrace() is on_call
                 real_settrace(None)
                 sys.settrace = real_settrace
         if self.status is None:
-            if not self.started:
+            if self.completed:
+                self.status, self.return_value, self.error = outcome(self.frames)
+            elif not self.started:
                 self.status, self.error = "not_reached", "the entry point never ran"
             elif self.removed or not still_ours:
                 self.status, self.error = "tracer_removed", "the program removed or replaced the trace function"

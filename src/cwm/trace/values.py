@@ -2,22 +2,22 @@
 
 The rule (docs/trace-format.md): a value's text is its exact `repr()` when that has at most
 `limit` characters, else the first `limit` characters of that repr followed by "...". The
-prefix is built by walking builtin containers and slicing strings, so the cost per value is
-O(limit), never O(size): a list that grows inside a loop does not make tracing quadratic.
-A truncated value also gets a fingerprint of the *whole* value (a hash of its pickle, C speed),
-so a change hidden in the elided part still counts as a change.
+prefix is built by walking builtin containers and slicing strings, so rendering costs
+O(limit), never O(size). A truncated value also gets a fingerprint of the *whole* value (a hash
+of its pickle, C speed), so a change hidden in the elided part still counts as a change.
 
 A user-defined `__repr__` (or `__reduce__`, used by the fingerprint) runs under a wall-clock
 timer; when it raises or runs too long its text is a marker such as
 `<repr of Foo raised ValueError: boom>` or `<repr of Foo timed out>`.
 
 A tracer asks for the text of every local on every line, and most locals did not change, so
-`ValueRenderer.track` remembers what it rendered (`Tracked`) and skips the work it can prove
-useless: an immutable value that is the same object has the same text; a list or dict of
-scalars keeps a shallow copy, and while it holds the same objects in the same order (checked
-by identity, C speed, no user code) it has the same text; one that only grew at the end
-extends its text instead of rendering it again. Fingerprints of such values are taken only when
-a comparison needs them. Everything else is rendered again, as before.
+`ValueRenderer.track` returns what to remember of a local and the recorder re-renders only what
+it cannot prove unchanged: a stable value (builtin immutable all the way down) that is the same
+object has the same text; a list or dict of scalars keeps a shallow copy, and while it holds
+the very same objects in the same order (an identity check, C speed, no user code: never `==`,
+as 1 == 1.0 == True) it has the same text; one that only grew at its end extends its text
+instead of rendering it again. Their fingerprints are taken only when a comparison needs one.
+Everything else is rendered (and, when truncated, fingerprinted) on every line, as before.
 """
 
 from __future__ import annotations
@@ -43,52 +43,41 @@ _ATOMS = frozenset({int, float, complex, bool, type(None), type(Ellipsis), range
 SCALARS = frozenset({int, float, complex, bool, str, bytes, type(None)})
 _STABLE_ATOMS = SCALARS | {type(Ellipsis), range}
 _STABLE_KINDS = _STABLE_ATOMS | {tuple, frozenset}
+# Numbers whose repr is short ASCII text (no JSON escapes), made in C: these types, and ints
+# between -QUICK_INT and QUICK_INT.
+QUICK = frozenset({float, bool, type(None)})
+QUICK_INT = 10**60
 MAX_SNAPSHOT = 100_000  # items; a bigger list or dict is rendered (and fingerprinted) on every change check
 
 # How a local changed since the scope's previous frame (ValueRenderer.track).
 SAME, CHANGED, REWRITTEN = 0, 1, 2  # REWRITTEN: the same (truncated) text, but the value changed
-_LATER = object()  # a fingerprint not taken yet: the value (or its snapshot) can still give it
-_UNKEPT = object()  # Tracked.value of a value that must be rendered again on every line
 
-
-class Tracked:
-    """What a scope remembers of one local, to tell cheaply whether its text changed.
-
-    The text is still right while `value is Tracked.value` and, for a container, while
-    `same_items(value, Tracked.items)`; `value` is `_UNKEPT` (never the program's object) when
-    neither can be trusted.
-    """
-
-    __slots__ = ("value", "items", "text", "truncated", "nbytes", "fingerprint")
-
-    def __init__(self, value, items, text: str, truncated: bool, fingerprint):
-        self.value = value  # the object itself, if identity can vouch for its text; else _UNKEPT
-        self.items = items  # for a list or dict of scalars: a shallow copy; else None
-        self.text = text
-        self.truncated = truncated
-        self.nbytes = len(json_str(text))  # bytes of the text as a JSON string in a trace
-        self.fingerprint = fingerprint  # of the value at that time: bytes, None (unpicklable) or _LATER
-
-    def digest(self) -> bytes | None:
-        if self.fingerprint is _LATER:  # builtin data only: pickled without the timer
-            self.fingerprint = _digest(_pickle(self.value if self.items is None else self.items))
-        return self.fingerprint
+# What a scope remembers of a local, a plain tuple (one is built per change, read per line):
+#   (value, items, text, nbytes, fingerprint)
+# value: the object itself when identity vouches for its text, else UNKEPT (never a program's
+#   object): a stable value (is_stable), or a list or dict of scalars while it holds the objects
+#   of `items`, its shallow copy (else items is None);
+# nbytes: the length of the text as a JSON string (the bytes it takes in a trace);
+# fingerprint: None when the text is not truncated; else a digest of the whole value, UNPICKLABLE,
+#   or LATER (a stable value or a snapshot still gives it: taken only when a comparison needs it).
+UNKEPT = object()
+UNPICKLABLE = object()
+LATER = object()
 
 
 def same_items(value, items) -> bool:
     """Does this list or dict hold the very objects of its snapshot `items`, in the same order?"""
-    if len(value) != len(items):
-        return False
-    if type(items) is dict:
-        return all(map(is_, value, items)) and all(map(is_, value.values(), items.values()))
-    return all(map(is_, value, items))
+    return len(value) == len(items) and _starts_with(value, items)
 
 
 def _grew(value, items) -> bool:
-    """Did this list or dict only gain items at its end since its snapshot?"""
-    if len(value) <= len(items):
-        return False
-    if type(items) is dict:  # map() stops at the snapshot's end: the prefix is compared
+    """Did this list or dict only gain items at its end since its snapshot `items`?"""
+    return len(value) > len(items) and _starts_with(value, items)
+
+
+def _starts_with(value, items) -> bool:
+    """Are the first len(items) items (keys and values) of this list or dict those of `items`?"""
+    if type(items) is dict:  # map() stops at the shorter one
         return all(map(is_, value, items)) and all(map(is_, value.values(), items.values()))
     return all(map(is_, value, items))
 
@@ -110,10 +99,18 @@ def is_stable(value) -> bool:
 
 
 def holds_scalars(value) -> bool:
-    """Is this list's items (or this dict's keys and values) all of SCALARS?"""
+    """Are this list's items (or this dict's keys and values) all SCALARS?"""
     if type(value) is dict:
         return set(map(type, value)) <= SCALARS and set(map(type, value.values())) <= SCALARS
     return set(map(type, value)) <= SCALARS
+
+
+def _fingerprint_of(tracked: tuple):
+    """The digest of a tracked value as it was when tracked (taken now if it was LATER)."""
+    value, items, _, _, fingerprint = tracked
+    if fingerprint is LATER:  # builtin data only: pickled without the timer
+        return _digest(_pickle(value if items is None else items))
+    return fingerprint
 
 
 class _Timeout(BaseException):
@@ -193,65 +190,72 @@ class ValueRenderer:
             return text, False
         return text[: self.limit] + ELLIPSIS, True
 
-    def fingerprint(self, value) -> bytes | None:
-        """A digest of the whole value, or None when it cannot be pickled (then: always changed)."""
+    def fingerprint(self, value):
+        """A digest of the whole value, or UNPICKLABLE (then: always changed)."""
         data, failed = self._user_call("pickle", _pickle, value)
         if failed:
-            return None
+            return UNPICKLABLE
         return _digest(data)
 
     # -- change tracking ----------------------------------------------------------------------
-    def track(self, value, seen: Tracked | None) -> tuple[Tracked, int]:
-        """Render a local whose scope last saw it as `seen` (None: new); say how it changed.
+    def track(self, value, seen: tuple | None) -> tuple[tuple, int]:
+        """Render a local whose scope last remembered it as `seen` (None: new); say how it changed.
 
         Returns (what to remember, SAME | CHANGED | REWRITTEN). Callers first try the free case
-        themselves: `seen.value is value and (seen.items is None or same_items(value, seen.items))`
-        means SAME with the same text.
+        themselves: `seen[0] is value and (seen[1] is None or same_items(value, seen[1]))` means
+        SAME, with the text `seen[2]`.
         """
         t = type(value)
-        if (t is list or t is dict) and seen is not None and seen.value is value and _grew(value, seen.items):
-            grown = self._extend(value, seen)  # xs.append(x), d[new_key] = x: look at the new items only
-            if grown is not None:
-                return grown, (REWRITTEN if grown.text == seen.text else CHANGED)
-        text, truncated = self.render(value)
-        kept, items = _UNKEPT, None
-        if t in SCALARS or is_stable(value):
+        if t in QUICK or (t is int and -QUICK_INT < value < QUICK_INT) or (t is str and len(value) <= self.limit):
+            text = repr(value)  # the common case: a number or a short string, in C
+            if len(text) <= self.limit:
+                nbytes = len(json_str(text)) if t is str else len(text) + 2
+                return (value, None, text, nbytes, None), (CHANGED if seen is None or seen[2] != text else SAME)
+        kept, items = UNKEPT, None
+        if (t is list or t is dict) and len(value) <= MAX_SNAPSHOT:
+            if seen is not None and seen[0] is value and _grew(value, seen[1]):
+                grown = self._extend(value, seen)  # xs.append(x), d[new_key] = x: look at the new items only
+                if grown is not None:
+                    return grown, (REWRITTEN if grown[2] == seen[2] else CHANGED)
+            if len(value) <= 32 and _simple(value, self.limit) and (t is list or _simple(value.values(), self.limit)):
+                text = repr(value)  # a few numbers or short strings, in C (as render does)
+                if len(text) <= self.limit:
+                    new = (value, value.copy(), text, len(json_str(text)), None)
+                    return new, (CHANGED if seen is None or seen[2] != text else SAME)
+            if holds_scalars(value):
+                kept, items = value, value.copy()
+        elif is_stable(value):
             kept = value
-        elif (t is list or t is dict) and len(value) <= MAX_SNAPSHOT and holds_scalars(value):
-            kept, items = value, value.copy()
+        text, truncated = self.render(value)
         fingerprint = None
-        if truncated:  # a mutable value's fingerprint is taken now: it may change under us later
-            fingerprint = _LATER if kept is not _UNKEPT else self.fingerprint(value)
-        new = Tracked(kept, items, text, truncated, fingerprint)
-        if seen is None or seen.text != text:
+        if truncated:  # a value that may change under us is fingerprinted now
+            fingerprint = LATER if kept is not UNKEPT else self.fingerprint(value)
+        new = (kept, items, text, len(json_str(text)), fingerprint)
+        if seen is None or seen[2] != text:
             return new, CHANGED
         if not truncated:
             return new, SAME
         # The same truncated text: did the value change in the part the text does not show?
-        now = new.digest()
-        return new, (REWRITTEN if now is None or now != seen.digest() else SAME)
+        now = _fingerprint_of(new)
+        if now is not UNPICKLABLE and now == _fingerprint_of(seen):
+            return new[:4] + (now,), SAME
+        return new[:4] + (now,), REWRITTEN
 
-    def _extend(self, value, seen: Tracked) -> Tracked | None:
-        """The Tracked of a list or dict of scalars that grew at its end, or None to render it."""
-        n = len(seen.items)
-        if len(value) > MAX_SNAPSHOT:
-            return None
-        if type(value) is list:
-            tail, close = value[n:], "]"
-            simple = _simple(tail, self.limit)
-        else:
-            tail, close = dict(islice(value.items(), n, None)), "}"
-            simple = _simple(tail, self.limit) and _simple(tail.values(), self.limit)
-        if not simple:  # only numbers or only short strings: repr(tail) is quick and runs no user code
-            return None
-        if seen.truncated:  # the text shows a prefix of the old items only: it stays
-            return Tracked(value, value.copy(), seen.text, True, _LATER)
+    def _extend(self, value, seen: tuple) -> tuple | None:
+        """What to remember of a list or dict of scalars that grew at its end, or None to render it."""
+        n = len(seen[1])
+        is_list = type(value) is list
+        tail = value[n:] if is_list else dict(islice(value.items(), n, None))
+        if seen[4] is not None:  # truncated: the text shows old items only, and stays
+            return (value, value.copy(), seen[2], seen[3], LATER) if holds_scalars(tail) else None
+        if not (_simple(tail, self.limit) and (is_list or _simple(tail.values(), self.limit))):
+            return None  # not only numbers, or only short strings: render it all
         # repr(old + tail) is repr(old) with the tail's items before its closing bracket
-        text = seen.text[:-1] + (", " if n else "") + repr(tail)[1:-1] + close
+        text = seen[2][:-1] + (", " if n else "") + repr(tail)[1:-1] + ("]" if is_list else "}")
         truncated = len(text) > self.limit
         if truncated:
             text = text[: self.limit] + ELLIPSIS
-        return Tracked(value, value.copy(), text, truncated, _LATER)
+        return (value, value.copy(), text, len(json_str(text)), LATER if truncated else None)
 
     def _walk(self, v, out: list[str], budget: int, active: set[int]) -> int:
         """Append the repr of v to out until budget characters are written; return budget left."""
@@ -368,6 +372,7 @@ _RECURSION = {
 
 _SHORT = frozenset({float, complex, bool, type(None), type(Ellipsis), range})  # reprs of a few dozen characters
 _NUMBERS = frozenset({int, float, bool, type(None)})
+_BIG_INT = 2**255
 
 
 def _simple(items, budget: int) -> bool:
@@ -377,7 +382,7 @@ def _simple(items, budget: int) -> bool:
         if int not in types_:
             return True
         ints = items if len(types_) == 1 else [x for x in items if type(x) is int]
-        return max(max(ints), -min(ints)).bit_length() < 256  # no huge int to convert
+        return -_BIG_INT < min(ints) and max(ints) < _BIG_INT  # no huge int to convert
     if types_ == {str}:
         return sum(map(len, items)) <= 4 * budget
     return False
