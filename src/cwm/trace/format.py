@@ -45,7 +45,7 @@ RAISED = "exception"  # the entry scope was left by an exception (Trace.error ho
 COMPLETE = (OK, RAISED)
 
 
-@dataclass
+@dataclass(slots=True)
 class Frame:
     event: str  # one of EVENTS
     lineno: int  # line number in the traced source (0: not found in it, e.g. in model output)
