@@ -1,16 +1,20 @@
 """Speed of our network against transformers' CwmForCausalLM, same config and weights, one run.
 
-    .venv/bin/python benchmarks/model.py [--preset cwm-small] [--repeats 5]
+    .venv/bin/python benchmarks/model.py [--preset cwm-small] [--repeats 5] [--compile]
 
 Training: forward + backward + loss on a [batch, seq] batch, tokens per second.
 Generation: greedy decoding of `--new-tokens` after a `--prompt`-token prompt, batch 1, tokens
 per second; ours is `cwm.model.generate`, theirs `CwmForCausalLM.generate` with its default cache.
+`--compile` also times training with our blocks compiled, as `train.compile` runs them (theirs
+stays eager), and prints the compile time; the ratios printed last stay eager against eager.
 Prints medians, then, last, `train_ratio: X` and `generate_ratio: Y` (ours over theirs).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import os
 import statistics
 import tempfile
 import time
@@ -44,6 +48,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both (1: steadiest on a shared machine)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--compile", action="store_true", help="also time training with our blocks compiled")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -63,10 +68,13 @@ def main() -> None:
     tokens = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1), device=args.device)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
 
-    def train_ours():
-        loss = F.cross_entropy(ours(inputs).float().flatten(0, 1), targets.flatten())
+    def train_step(model):
+        loss = F.cross_entropy(model(inputs).float().flatten(0, 1), targets.flatten())
         loss.backward()
-        ours.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
+
+    def train_ours():
+        train_step(ours)
 
     def train_theirs():
         loss = F.cross_entropy(theirs(inputs).logits.float().flatten(0, 1), targets.flatten())
@@ -94,6 +102,13 @@ def main() -> None:
         ("generate ours", generate_ours, n),
         ("generate theirs", generate_theirs, n),
     ]
+    if args.compile:  # a copy, so that generation keeps the eager model
+        compiled = copy.deepcopy(ours)
+        for block in compiled.layers:
+            block.compile()
+        compile_time = timed(lambda: train_step(compiled), args.device)
+        print(f"compile: first compiled training step took {compile_time:.1f} s")
+        cases.insert(1, ("train ours comp.", lambda: train_step(compiled), train_tokens))
     for name, fn, _ in cases:
         fn()  # warm-up
         results[name] = []
@@ -103,6 +118,9 @@ def main() -> None:
     medians = {name: statistics.median(v) for name, v in results.items()}
     for name, value in medians.items():
         print(f"{name:16s} {value:10.1f} tokens/s (median of {args.repeats})")
+    print("load average (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    if args.compile:
+        print(f"train_ratio_compiled: {medians['train ours comp.'] / medians['train theirs']:.2f}")
     print(f"train_ratio: {medians['train ours'] / medians['train theirs']:.2f}")
     print(f"generate_ratio: {medians['generate ours'] / medians['generate theirs']:.2f}")
 

@@ -4,9 +4,19 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cwm.model import Transformer, generate, get_preset, sample
 from cwm.model.cache import KVCache
+from cwm.model.transformer import (
+    Linear,
+    attention_mask,
+    blocked_window_attention,
+    blocked_window_mask,
+    chunk_plan,
+    chunked_attention,
+    decode_layout,
+)
 
 CFG = get_preset("cwm-tiny", sliding_window=16, max_seq_len=256)  # a small window the tests cross often
 
@@ -130,3 +140,48 @@ def test_bfloat16(model):
     assert low.dtype == torch.bfloat16
     assert (low.float() - full).abs().max() < 0.1 * full.abs().max()
     assert len(generate(half, x[0].tolist(), 10, stop_tokens=())) == 10
+
+
+@pytest.mark.parametrize("window", [None, 40])
+@pytest.mark.parametrize("packed", [False, True])
+def test_attention_paths_agree(window, packed):
+    """CPU attends in query chunks (chunk_plan), GPUs by blocks of the window or one masked call:
+    all give the one masked SDPA, across a partial last chunk and documents inside a row."""
+    g = torch.Generator().manual_seed(0)
+    B, H, K, T, D = 2, 4, 2, 150, 8
+    q, k, v = (torch.randn(B, n, T, D, generator=g) for n in (H, K, K))
+    docs = torch.tensor([[0] * 30 + [1] * 120, [0] * 100 + [1] * 50]) if packed else None
+    pos = torch.arange(T)
+    mask = attention_mask(pos, pos, window, docs, docs)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask if docs is None else mask[:, None], enable_gqa=True)
+    plan = chunk_plan(T, window, docs, size=32)
+    assert len(plan) == 5 and plan[-1][1].shape[-2] == 150 - 4 * 32
+    if window is not None:  # chunks see only the keys in reach, not all T
+        assert max(mask.shape[-1] for _, mask in plan) == window - 1 + 32
+    assert (chunked_attention(q, k, v, plan) - want).abs().max() < 1e-5
+    if window is not None:
+        blocked = blocked_window_attention(q, k, v, window, blocked_window_mask(T, window, docs))
+        assert (blocked - want).abs().max() < 1e-5
+
+
+def test_decode_layout_routes_few_rows_and_cleans_up(model):
+    """Inside decode_layout, up to 16 rows without autograd go through the [in, out] copy (equal
+    results); more rows, or autograd, use the weight; after it, and after an exception from
+    on_token, no copy is left."""
+    head = model.lm_head
+    one, many = torch.randn(1, 1, CFG.dim), torch.randn(1, 17, CFG.dim)
+    with torch.inference_mode(), decode_layout(model):
+        assert head.decode_weight.shape == (CFG.dim, CFG.vocab_size) and head.decode_weight.is_contiguous()
+        assert torch.allclose(head(one), F.linear(one, head.weight), atol=1e-5)
+        head.decode_weight = torch.zeros_like(head.decode_weight)  # a marker: shows which path ran
+        assert head(one).abs().max() == 0 and head(many).abs().max() > 0
+    with decode_layout(model):
+        assert head(one).abs().max() > 0  # autograd on: the weight
+    assert all(m.decode_weight is None for m in model.modules() if isinstance(m, Linear))
+
+    def stop(row, token):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate(model, prompt(5, 0), 10, stop_tokens=(), on_token=stop)
+    assert all(m.decode_weight is None for m in model.modules() if isinstance(m, Linear))

@@ -91,10 +91,10 @@ class KVCache:
         K, V = self.keys[layer], self.values[layer]
         size, T, start = K.shape[2], k.shape[2], self._start
         if T == 1 and start > 0:  # decode
-            K[:, :, start % size] = k[:, :, 0]
-            V[:, :, start % size] = v[:, :, 0]
+            K.narrow(2, start % size, 1).copy_(k)
+            V.narrow(2, start % size, 1).copy_(v)
             n = min(start + 1, size)
-            return K[:, :, :n], V[:, :, :n]
+            return K.narrow(2, 0, n), V.narrow(2, 0, n)
         if size == self.max_len:  # never wraps
             K[:, :, start : start + T] = k
             V[:, :, start : start + T] = v

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from cwm.model.cache import KVCache
-from cwm.model.transformer import Transformer
+from cwm.model.transformer import Transformer, decode_layout
 
 
 def sample(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0, generator=None) -> torch.Tensor:
@@ -63,20 +63,20 @@ def generate(
     tokens = torch.tensor([[0] * (longest - len(p)) + p for p in batch], device=param.device)
     doc_ids = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in batch], device=param.device)
     cache = KVCache(cfg, len(batch), longest + max_new_tokens, device=param.device, dtype=param.dtype)
-    logits = model(tokens, doc_ids, cache=cache, last_only=True)[:, -1]
-
     outputs: list[list[int]] = [[] for _ in batch]
     running = list(range(len(batch)))
-    for step in range(max_new_tokens):
-        next_tokens = sample(logits, temperature, top_p, generator)
-        chosen = next_tokens.tolist()
-        for row in running:
-            outputs[row].append(chosen[row])
-            if on_token is not None:
-                on_token(row, chosen[row])
-        running = [row for row in running if chosen[row] not in stops]
-        if not running or step == max_new_tokens - 1:
-            break
-        # Finished rows keep decoding (one batch, one shape); their tokens are ignored.
-        logits = model(next_tokens[:, None], cache=cache)[:, -1]
+    with decode_layout(model):
+        logits = model(tokens, doc_ids, cache=cache, last_only=True)[:, -1]
+        for step in range(max_new_tokens):
+            next_tokens = sample(logits, temperature, top_p, generator)
+            chosen = next_tokens.tolist()
+            for row in running:
+                outputs[row].append(chosen[row])
+                if on_token is not None:
+                    on_token(row, chosen[row])
+            running = [row for row in running if chosen[row] not in stops]
+            if not running or step == max_new_tokens - 1:
+                break
+            # Finished rows keep decoding (one batch, one shape); their tokens are ignored.
+            logits = model(next_tokens[:, None], cache=cache)[:, -1]
     return outputs[0] if single else outputs

@@ -8,6 +8,7 @@ tensors keep their Hugging Face names (see checkpoint.py).
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import torch
@@ -50,8 +51,8 @@ def rope_table(positions: torch.Tensor, inv_freq: torch.Tensor, dtype) -> tuple[
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
     """Rotate the two halves of each head (the HF convention; Meta's wq/wk rows are permuted to
     it): (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)."""
-    swapped = x.unflatten(-1, (2, -1)).flip(-2).flatten(-2)  # (x2, x1)
-    return x * cos + swapped * signed_sin
+    swapped = x.roll(x.shape[-1] // 2, dims=-1)  # (x2, x1)
+    return torch.addcmul(x * cos, swapped, signed_sin)
 
 
 def attention_mask(q_pos, k_pos, window: int | None, q_doc=None, k_doc=None) -> torch.Tensor:
@@ -104,9 +105,46 @@ def blocked_window_attention(q, k, v, window: int, mask: torch.Tensor) -> torch.
     return y.view(B, n_blocks, H, window, D).transpose(1, 2).reshape(B, H, n_blocks * window, D)[:, :, :T]
 
 
+# Queries per SDPA call on CPU (of 32, 64 and 128, 64 was fastest at T = 512; see chunk_plan).
+CPU_QUERY_CHUNK = 64
+
+
+def chunk_plan(T: int, window: int | None, doc_ids=None, device=None, size: int = CPU_QUERY_CHUNK) -> list:
+    """Attention on CPU in chunks of `size` queries, each given only the keys it may see:
+    [(key slice, mask [chunk, keys] or [B, 1, chunk, keys])]. PyTorch's CPU flash kernel reads keys
+    in blocks of 512 and skips only whole blocks past the diagonal, so at T <= 512 `is_causal` costs
+    as much as no mask and a window mask saves nothing; chunks skip the keys ahead of the
+    diagonal and behind the window (half the attention time of cwm-small at T = 512)."""
+    positions = torch.arange(T, device=device)
+    plan = []
+    for start in range(0, T, size):
+        q = slice(start, min(T, start + size))
+        k = slice(0 if window is None else max(0, start - window + 1), q.stop)
+        if doc_ids is None:
+            mask = attention_mask(positions[q], positions[k], window)
+        else:
+            mask = attention_mask(positions[q], positions[k], window, doc_ids[:, q], doc_ids[:, k])[:, None]
+        plan.append((k, mask))
+    return plan
+
+
+def chunked_attention(q, k, v, plan: list) -> torch.Tensor:
+    """SDPA over the chunks of `chunk_plan`; [B, H, T, D] in and out."""
+    gqa = q.shape[1] != k.shape[1]
+    queries = q.split([mask.shape[-2] for _, mask in plan], dim=2)  # split, not slices: one op in backward
+    ys = [
+        F.scaled_dot_product_attention(qc, k[:, :, ks], v[:, :, ks], attn_mask=mask, enable_gqa=gqa)
+        for qc, (ks, mask) in zip(queries, plan)
+    ]
+    return torch.cat([y.transpose(1, 2) for y in ys], dim=1).transpose(1, 2)  # one copy, into [B, T, H, D]
+
+
 def attention_kwargs(T: int, window: int | None, doc_ids=None, device=None) -> dict:
-    """How T tokens from position 0 attend, for one window size: plain `is_causal` where no
-    mask is needed (fastest), blocks where the window is well below T, else a mask."""
+    """How T tokens from position 0 attend, for one window size: on CPU in chunks (see
+    `chunk_plan`); elsewhere plain `is_causal` where no mask is needed (fastest), blocks where the
+    window is well below T, else a mask."""
+    if torch.device(device or "cpu").type == "cpu" and T > 1:
+        return {"chunks": chunk_plan(T, window, doc_ids, device)}
     if doc_ids is None and (window is None or window >= T):
         return {"is_causal": True}
     if window is not None and T > 2 * window:
@@ -116,13 +154,47 @@ def attention_kwargs(T: int, window: int | None, doc_ids=None, device=None) -> d
     return {"attn_mask": mask if doc_ids is None else mask[:, None]}
 
 
+class Linear(nn.Linear):
+    """A bias-free `nn.Linear` that, while `decode_weight` is set (see `decode_layout`), multiplies
+    up to 16 rows without autograd (decoding) by that [in, out] copy of its weight: on CPU, MKL's
+    matrix-vector product reads [in, out] about 1.6x faster than nn.Linear's [out, in], and
+    decoding a small model is bound by it (docs/model.md, Speed)."""
+
+    decode_weight: torch.Tensor | None = None
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.shape[:-1]
+        if self.decode_weight is None or rows.numel() > 16 or torch.is_grad_enabled():
+            return F.linear(x, self.weight)
+        return torch.mm(x.reshape(-1, x.shape[-1]), self.decode_weight).view(*rows, -1)  # 2-D: no matmul folding
+
+
+@contextmanager
+def decode_layout(model: nn.Module):
+    """For the length of the block (a generate call), give each `Linear` of a CPU model an
+    [in, out] copy of its weight: the projections' size in memory again, and ~10 ms to copy
+    cwm-small's 27 MB, against ~1.2 ms saved per decoded token. Other devices: nothing changes."""
+    linears = [m for m in model.modules() if isinstance(m, Linear) and m.weight.device.type == "cpu"]
+    with torch.no_grad():
+        for m in linears:
+            m.decode_weight = m.weight.t().contiguous()
+    try:
+        yield
+    finally:
+        for m in linears:
+            m.decode_weight = None
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.layer = layer
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.qkv_proj = nn.Linear(cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=False)
-        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.qkv_proj = Linear(cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim)
+        self.o_proj = Linear(cfg.n_heads * cfg.head_dim, cfg.dim)
 
     def forward(self, x, rope, attn: dict, cache: KVCache | None = None):
         B, T, _ = x.shape
@@ -134,7 +206,9 @@ class Attention(nn.Module):
         v = qkv[:, :, H + K :].transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
-        if "blocked_window" in attn:
+        if "chunks" in attn:
+            y = chunked_attention(q, k, v, attn["chunks"])
+        elif "blocked_window" in attn:
             y = blocked_window_attention(q, k, v, attn["blocked_window"], attn["mask"])
         else:
             y = F.scaled_dot_product_attention(q, k, v, **attn, enable_gqa=H != K)
@@ -144,8 +218,8 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate_up_proj = nn.Linear(cfg.dim, 2 * cfg.ffn_dim, bias=False)
-        self.down_proj = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
+        self.gate_up_proj = Linear(cfg.dim, 2 * cfg.ffn_dim)
+        self.down_proj = Linear(cfg.ffn_dim, cfg.dim)
 
     def forward(self, x):
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
@@ -175,7 +249,7 @@ class Transformer(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.dim, cfg.vocab_size)
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
 
     def forward(
