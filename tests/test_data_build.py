@@ -10,7 +10,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from cwm.data.build import BuildError, BuildParams, build, row_to_trace
+from cwm.data.build import BuildError, BuildParams, build, make_plan, row_to_trace, schema
 from cwm.data.stats import PROMISED, dataset_stats
 from cwm.data.synth import generate
 from cwm.trace.format import to_cwm_text
@@ -43,6 +43,9 @@ def test_a_synth_build_writes_traced_records_in_shards(synth_build):
     assert [r["index"] for r in rows] == list(range(24))
     assert [(r["source"], r["call"]) for r in rows] == [(p.source, p.call) for p in programs]
     assert {r["status"] for r in rows} == {"ok"}
+    # the format others read (cwm.eval.traces, cwm.data.pack): exactly these columns and types
+    for name in manifest["shards"]:
+        assert pq.read_schema(synth_build / name).equals(schema("traces"), check_metadata=False)
     for row in rows:
         assert row["cwm_text"].startswith("<|begin_of_text|><|trace_context_start|>")
         assert row["cwm_text"].endswith("<|end_of_text|>")
@@ -68,7 +71,20 @@ def test_statistics_report_statuses_events_and_constructs(synth_build):
 
 def test_two_workers_give_the_same_records(synth_build, tmp_path):
     build(tmp_path, BuildParams(source="synth", n=24, seed=0, shard_size=8, **SMALL), workers=2, progress=False)
-    assert key(records(tmp_path)) == key(records(synth_build))
+    assert records(tmp_path) == records(synth_build)  # every column of every record
+
+
+def test_the_synth_plan_generates_only_the_programs_it_examines():
+    examined = []
+
+    def each_twice(generate, indices):  # eager, as a pool's map is; program i is generated program i // 2
+        examined.extend(indices)
+        return [generate(i // 2) for i in indices]
+
+    plan = make_plan(BuildParams(source="synth", n=6, decontaminate=()), map_=each_twice)
+    assert plan.items == generate(0, 6)  # the first 6 unique programs, in order
+    assert plan.counts == {"candidates": 11, "duplicates": 5, "contaminated": 0}
+    assert examined == list(range(11))  # batches of exactly the number still missing: none thrown away
 
 
 def test_a_rerun_with_other_parameters_is_refused(synth_build):
@@ -151,6 +167,32 @@ def test_hostile_programs_get_their_status_and_no_good_record_is_lost(synth_buil
     assert hostile["infinite_loop"]["cwm_text"] is None  # a stopped trace is kept as a status, not learned
     good_rows = [r for r in got if r["origin"] == "synth"]
     assert [r["cwm_text"] for r in good_rows] == [r["cwm_text"] for r in records(synth_build)]
+
+
+def test_a_program_that_traces_differently_twice_is_not_learned(tmp_path):
+    rows = [{"source": "import os\n\ndef f():\n    return os.urandom(8).hex()\n", "call": "f()"},
+            {"source": "def g(x):\n    return x + 1\n", "call": "g(1)"}]
+    programs = tmp_path / "programs.jsonl"
+    programs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    build(tmp_path / "out", BuildParams(source=f"programs:{programs}", **SMALL), progress=False)
+    random_row, plain_row = records(tmp_path / "out")
+    assert (random_row["status"], random_row["cwm_text"], random_row["frames"]) == ("nondeterministic", None, [])
+    assert random_row["num_events"] > 0 and random_row["error"] == "two runs gave different traces"
+    assert plain_row["status"] == "ok" and plain_row["return_value"] == "2" and plain_row["cwm_text"]
+
+
+def test_a_program_that_spoils_the_tracers_results_costs_its_neighbours_nothing(tmp_path):
+    # It shares the sandboxed process with the tracer, so it can replace the renderer for the
+    # programs after it in its chunk; the worker must not crash on what comes back, and each
+    # program traced again alone gets its true record.
+    spoiler = 'import sys\n\ndef f():\n    sys.modules["cwm.data.build"]._rendered = lambda trace: ({"status": 5}, None)\n    return 1\n'
+    rows = [{"source": "def g(x):\n    return x + 1\n", "call": f"g({i})"} for i in range(4)]
+    rows.insert(1, {"source": spoiler, "call": "f()"})
+    programs = tmp_path / "programs.jsonl"
+    programs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    build(tmp_path / "out", BuildParams(source=f"programs:{programs}", **SMALL), progress=False)
+    got = records(tmp_path / "out")
+    assert [(r["status"], r["return_value"]) for r in got] == [("ok", "1"), ("ok", "1"), ("ok", "2"), ("ok", "3"), ("ok", "4")]
 
 
 def test_a_harvest_build_traces_real_functions_twice(tmp_path):

@@ -2,6 +2,7 @@
 programs), and both commands through the CLI with a real tiny untrained model."""
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def test_trace_mode_with_oracles(tok):
 
     # Item 2's oracle returns a wrong final value from main; item 3's trace is cut before main returns.
     wrong = [t.frames for t in traces]
-    wrong[2] = wrong[2][:-1] + [type(wrong[2][-1])(**{**wrong[2][-1].__dict__, "value": "'nope'"})]
+    wrong[2] = wrong[2][:-1] + [dataclasses.replace(wrong[2][-1], value="'nope'")]
     wrong[3] = wrong[3][:-1]
     faulty = OracleSet(tok, [OracleBackend.from_trace(tok, t.source, f) for t, f in zip(traces, wrong)])
     results = run_cruxeval(faulty, items, "trace", 1, Sampling(max_new_tokens=8000))

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import itertools
 import json
 import os
 import random
@@ -37,7 +36,7 @@ from cwm.data.synth import Program
 FORMAT = "cwm-dataset-v1"
 MANIFEST = "manifest.json"
 SOURCE_KINDS = ("synth", "dir", "programs", "eval", "code")
-CHUNK = 16  # programs per task and per sandbox fork: small enough to balance, large enough to amortise the fork
+CHUNK = 32  # programs per task and per sandbox fork: small enough to balance, large enough to amortise the fork
 
 
 class BuildError(ValueError):
@@ -95,8 +94,9 @@ class BuildParams:
 
 @dataclass
 class Plan:
-    items: list  # Program (traces) or (path, text) (code)
-    counts: dict = field(default_factory=dict)  # candidates, duplicates, contaminated
+    items: list = field(default_factory=list)  # Program (traces) or (path, text) (code)
+    counts: dict = field(default_factory=lambda: {"candidates": 0, "duplicates": 0, "contaminated": 0})
+    seen: set = field(default_factory=set, repr=False)  # content ids of the items
 
 
 def content_id(*parts: str) -> str:
@@ -118,8 +118,7 @@ def make_plan(params: BuildParams, map_=map) -> Plan:
     contaminated = lambda p: bool(banned) and evalsets.source_key(p.source) in banned  # noqa: E731
     key = lambda p: (p.source, p.call)  # noqa: E731
     if params.kind == "synth":
-        knobs = synth.Knobs.parse(params.arg)
-        return _dedup(_synth_stream(params, knobs, map_), params, key, contaminated)
+        return _synth_plan(params, key, contaminated, map_)
     if params.kind == "dir":
         candidates = harvest.harvest(params.arg or "stdlib", params.seed)
         random.Random(params.seed).shuffle(candidates)
@@ -129,29 +128,34 @@ def make_plan(params: BuildParams, map_=map) -> Plan:
     return _dedup(evalsets.evaluation_programs(params.arg), params, key, lambda _: False)
 
 
-def _synth_stream(params: BuildParams, knobs: synth.Knobs, map_) -> Iterator[Program]:
-    """Programs 0, 1, 2, ... in order, generated n at a time (dedup stops the stream at n unique)."""
-    generate = functools.partial(synth.generate_one, params.seed, knobs=knobs)
-    for start in itertools.count(0, params.n):
-        yield from map_(generate, range(start, start + params.n))
+def _synth_plan(params: BuildParams, key, contaminated, map_) -> Plan:
+    """Programs 0, 1, 2, ... in order until n are kept. Each batch is exactly the number still
+    missing, so a pool generates nothing to throw away and the plan is the one-by-one plan."""
+    generate = functools.partial(synth.generate_one, params.seed, knobs=synth.Knobs.parse(params.arg))
+    plan, start = Plan(), 0
+    while len(plan.items) < params.n:
+        batch = range(start, start + params.n - len(plan.items))
+        _dedup(map_(generate, batch), params, key, contaminated, plan)
+        start = batch.stop
+    return plan
 
 
-def _dedup(stream, params: BuildParams, key, contaminated) -> Plan:
-    seen, items = set(), []
-    counts = {"candidates": 0, "duplicates": 0, "contaminated": 0}
+def _dedup(stream, params: BuildParams, key, contaminated, plan: Plan | None = None) -> Plan:
+    """Add the stream's items to `plan` in order, dropping duplicates and contaminated ones, up to n."""
+    plan = Plan() if plan is None else plan
     for item in stream:
-        if params.n is not None and len(items) >= params.n:
+        if params.n is not None and len(plan.items) >= params.n:
             break
-        counts["candidates"] += 1
+        plan.counts["candidates"] += 1
         digest = content_id(*key(item))
-        if digest in seen:
-            counts["duplicates"] += 1
+        if digest in plan.seen:
+            plan.counts["duplicates"] += 1
         elif contaminated(item):
-            counts["contaminated"] += 1
+            plan.counts["contaminated"] += 1
         else:
-            seen.add(digest)
-            items.append(item)
-    return Plan(items, counts)
+            plan.seen.add(digest)
+            plan.items.append(item)
+    return plan
 
 
 def _read_programs(path: Path) -> Iterator[Program]:
@@ -172,14 +176,35 @@ def _read_programs(path: Path) -> Iterator[Program]:
 # Tracing (runs in a worker process)
 
 
-def _trace_many(programs: list[tuple[str, str]], params: BuildParams) -> list:
-    """Runs inside the sandbox: trace each (source, call) in turn."""
+def _trace_many(programs: list[tuple[str, str]], params: BuildParams) -> list[tuple[dict, str | None]]:
+    """Runs inside the sandbox: trace each (source, call) in turn and render it here, once.
+
+    Only plain values come back (dict, tuple, str, int), which pickle fast and which the caller's
+    restricted unpickler takes; sending Trace objects cost about half as much as tracing them.
+    """
     from cwm.trace import trace_call
 
     return [
-        trace_call(source, call, max_events=params.max_events, max_bytes=params.max_bytes, timeout=params.timeout)
+        _rendered(trace_call(source, call, max_events=params.max_events, max_bytes=params.max_bytes, timeout=params.timeout))
         for source, call in programs
     ]
+
+
+def _rendered(trace) -> tuple[dict, str | None]:
+    """(the record's fields that come from the trace, its CWM text or None if it did not render)."""
+    from cwm.trace.format import COMPLETE, to_cwm_text
+
+    fields = {"status": trace.status, "error": trace.error, "return_value": trace.return_value}
+    try:
+        text = to_cwm_text(trace)
+        frames = [frame_row(f) for f in trace.frames] if trace.status in COMPLETE else []
+    except Exception as e:  # a tracer bug on one odd program must not stop a million-program build
+        fields.update(status="internal_error", error=f"rendering the trace failed: {type(e).__name__}: {e}")
+        return fields, None
+    fields.update(num_events=len(trace.frames), num_bytes=len(text.encode()))
+    if trace.status in COMPLETE:  # a trace to learn from: returned, or left by an exception
+        fields.update(context=trace.source, cwm_text=text, frames=frames)
+    return fields, text
 
 
 def _sandboxed(programs: list[Program], params: BuildParams):
@@ -193,27 +218,35 @@ def _sandboxed(programs: list[Program], params: BuildParams):
     return run_function(_trace_many, [(p.source, p.call) for p in programs], params, limits=limits)
 
 
-def trace_chunk(chunk: list[tuple[int, Program]], params: BuildParams) -> list[dict]:
-    """The records of a chunk of (index, program); never raises for what a program does.
+def trace_chunk(chunk: list[tuple[int, Program]], params: BuildParams):
+    """The records of a chunk of (index, program) as an Arrow table; never raises for what a program does.
 
     One sandbox traces the whole chunk, since forking a sandbox costs more than most traces. If
     that run fails (a program exited, crashed, flooded its output, ...), each program runs again
-    alone, so a hostile program gets its own status and costs its neighbours nothing.
+    alone, so a hostile program gets its own status and costs its neighbours nothing. The table
+    is built here, in the worker: it travels back as Arrow IPC (far cheaper than dicts), and the
+    main process only concatenates and writes.
     """
+    import pyarrow as pa
+
+    from cwm.trace.sandbox import SandboxResult
+
     programs = [p for _, p in chunk]
     first = _sandboxed(programs, params)
     # Code we did not write runs twice: a record is kept only if both traces agree.
     second = _sandboxed(programs, params) if first.ok and params.kind in ("dir", "programs") else None
-    if len(chunk) > 1 and not (first.ok and (second is None or second.ok)):
-        return [record for item in chunk for record in trace_chunk([item], params)]
-    if not first.ok:  # the sandbox stopped this one program: timeout, memory, exit, crash, ...
-        (index, program), = chunk
-        return [_record(index, program, status=first.status, error=first.error)]
-    if second is None:
-        agains = [None] * len(chunk)
-    else:  # (a chunk of several whose second run failed went program by program above)
-        agains = second.value if second.ok else ["failed"]
-    return [_traced_record(i, p, trace, again) for (i, p), trace, again in zip(chunk, first.value, agains)]
+    if first.ok and (second is None or second.ok or len(chunk) == 1):
+        agains = [None] * len(chunk) if second is None else second.value if second.ok else ["failed"]
+        try:
+            records = [_traced_record(i, p, rendered, again) for (i, p), rendered, again in zip(chunk, first.value, agains, strict=True)]
+            return pa.Table.from_pylist(records, schema=schema("traces"))
+        except Exception as e:  # a program shares the tracer's process: it can reach in and spoil what comes back
+            first = SandboxResult("internal_error", error=f"the traced run sent back a malformed result: {type(e).__name__}: {e}")
+    if len(chunk) > 1:
+        return pa.concat_tables([trace_chunk([item], params) for item in chunk])
+    # the sandbox stopped this one program (timeout, memory, exit, crash, ...), or it spoiled its result
+    (index, program), = chunk
+    return pa.Table.from_pylist([_record(index, program, status=first.status, error=first.error)], schema=schema("traces"))
 
 
 def _record(index: int, program: Program, **fields) -> dict:
@@ -227,22 +260,14 @@ def _record(index: int, program: Program, **fields) -> dict:
     return record
 
 
-def _traced_record(index: int, program: Program, trace, again) -> dict:
-    """The record of a finished trace; `again` is a second trace of it (or None, or "failed")."""
-    from cwm.trace.format import COMPLETE, to_cwm_text
+def _traced_record(index: int, program: Program, rendered: tuple[dict, str | None], again) -> dict:
+    """The record of a rendered trace; `again` is a second one of it (or None, or "failed")."""
+    from cwm.trace.format import COMPLETE
 
-    record = _record(index, program, status=trace.status, error=trace.error, return_value=trace.return_value)
-    try:
-        text = to_cwm_text(trace)
-        frames = [frame_row(f) for f in trace.frames]
-    except Exception as e:  # a tracer bug on one odd program must not stop a million-program build
-        record.update(status="internal_error", error=_cut(f"rendering the trace failed: {type(e).__name__}: {e}"))
-        return record
-    record.update(num_events=len(trace.frames), num_bytes=len(text.encode()))
-    if again is not None and trace.complete and (again == "failed" or to_cwm_text(again) != text):
-        record.update(status="nondeterministic", error="two runs gave different traces")
-    if record["status"] in COMPLETE:  # a trace to learn from: returned, or left by an exception
-        record.update(context=trace.source, cwm_text=text, frames=frames)
+    fields, text = rendered
+    record = _record(index, program, **fields)
+    if again is not None and text is not None and fields["status"] in COMPLETE and (again == "failed" or again[1] != text):
+        record.update(status="nondeterministic", error="two runs gave different traces", context=None, cwm_text=None, frames=[])
     return record
 
 
@@ -250,12 +275,11 @@ def _cut(text: str | None, limit: int = 2000) -> str | None:
     return text if text is None or len(text) <= limit else text[:limit] + "..."
 
 
-def frame_row(frame) -> dict:
-    locals_ = None if frame.locals is None else [{"name": k, "value": v} for k, v in frame.locals.items()]
-    return {
-        "event": frame.event, "lineno": frame.lineno, "source": frame.source, "locals": locals_,
-        "value": frame.value, "depth": frame.depth, "rewritten": list(frame.rewritten),
-    }  # fmt: skip
+def frame_row(frame) -> tuple:
+    """A frame as a row of the `frames` column (a tuple in the struct's field order: Arrow takes
+    tuples for structs, and they are cheaper to build and to pickle than dicts)."""
+    locals_ = None if frame.locals is None else tuple(frame.locals.items())
+    return frame.event, frame.lineno, frame.source, locals_, frame.value, frame.depth, tuple(frame.rewritten)
 
 
 def row_to_trace(row: dict):
@@ -312,11 +336,9 @@ def _write_atomic(path: Path, write) -> None:
         os.close(dir_fd)
 
 
-def write_shard(out: Path, number: int, records: list[dict], kind: str) -> None:
-    import pyarrow as pa
+def write_shard(out: Path, number: int, table) -> None:
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pylist(sorted(records, key=lambda r: r["index"]), schema=schema(kind))
     _write_atomic(out / shard_name(number), lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
@@ -361,6 +383,11 @@ def build(out: str | os.PathLike, params: BuildParams, workers: int = 1, ray: st
     if workers < 1:
         raise BuildError("--workers must be at least 1")
     ray_module = _import_ray() if ray is not None else None  # fail before any work
+    # Imported before the pool forks, so every worker starts with them loaded.
+    import pyarrow as pa
+
+    import cwm.trace.sandbox  # noqa: F401
+
     with contextlib.ExitStack() as stack:
         pool = None
         if workers > 1 and ray is None:
@@ -379,26 +406,27 @@ def build(out: str | os.PathLike, params: BuildParams, workers: int = 1, ray: st
         shard_items = {s: indexed[s * size : (s + 1) * size] for s in todo}
         left = sum(len(items) for items in shard_items.values())
 
-        def finished(number: int, records: list[dict]) -> None:
-            write_shard(out, number, records, manifest["kind"])
-            manifest["shards"][shard_name(number)] = {"rows": len(records)}
+        def finished(number: int, table) -> None:
+            write_shard(out, number, table)
+            manifest["shards"][shard_name(number)] = {"rows": table.num_rows}
             manifest["complete"] = len(manifest["shards"]) == manifest["num_shards"]
             write_manifest(out, manifest)
 
         with _progress(progress, left, len(plan.items) - left) as advance:
             if manifest["kind"] == "code":
                 for number, items in shard_items.items():
-                    finished(number, [_code_record(i, path, text) for i, (path, text) in items])
+                    finished(number, pa.Table.from_pylist([_code_record(i, path, text) for i, (path, text) in items], schema=schema("code")))
                     advance(len(items))
             else:
                 chunks = [(s, items[i : i + CHUNK]) for s, items in shard_items.items() for i in range(0, len(items), CHUNK)]
-                done: dict[int, list[dict]] = {s: [] for s in shard_items}
+                done: dict[int, dict[int, object]] = {s: {} for s in shard_items}  # shard -> first index -> its chunk's table
                 runner = _run_ray(ray_module, ray, workers) if ray is not None else _run_local(pool, workers)
-                for number, records in runner(chunks, params):
-                    done[number] += records
-                    advance(len(records))
-                    if len(done[number]) == len(shard_items[number]):
-                        finished(number, done.pop(number))
+                for number, table in runner(chunks, params):
+                    done[number][table["index"][0].as_py()] = table
+                    advance(table.num_rows)
+                    if sum(t.num_rows for t in done[number].values()) == len(shard_items[number]):
+                        tables = done.pop(number)
+                        finished(number, pa.concat_tables(tables[first] for first in sorted(tables)))
     if manifest["num_shards"] == 0:  # nothing to build is a complete build
         manifest["complete"] = True
         write_manifest(out, manifest)
