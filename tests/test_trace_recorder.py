@@ -33,6 +33,16 @@ def test_recursion_nests_scopes_and_returns_values():
     assert [f.value for f in t.frames if f.event == RETURN] == ["1", "2", "6"]
 
 
+def test_recursion_to_the_limit_is_its_own_status_not_a_tracer_error():
+    t = trace_call(src("""
+        def down(n):
+            return down(n + 1)
+    """), "down(0)", max_events=10**6, max_bytes=10**9)
+    assert t.status == "recursion" and "recursion limit" in t.error
+    calls = [f for f in t.frames if f.event == CALL]
+    assert len(calls) > 100 and calls[-1].depth == len(calls) - 1  # the frames before it are kept
+
+
 def test_library_code_is_stepped_over_but_callbacks_into_the_program_are_traced():
     t = trace_call(src("""
         import json

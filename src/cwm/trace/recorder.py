@@ -14,7 +14,8 @@ Entry points:
 Statuses besides "ok" / "exception" (format.py): "event_limit", "size_limit", "timeout" (the
 `timeout` passed here; the sandbox has its own, harder one), "tracer_removed" (the program
 replaced or removed the trace function), "not_reached" (the entry never ran), "error" (the
-program failed before the entry, e.g. at import), "tracer_error" (a bug here, reported).
+program failed before the entry, e.g. at import), "recursion" (the program recursed to Python's
+recursion limit, where the tracer has no room left to record), "tracer_error" (a bug here, reported).
 This module runs the program in-process: call it inside cwm.trace.sandbox.run_function for
 anything untrusted (the CLI and the dataset builder do).
 """
@@ -164,6 +165,8 @@ class _Recorder:
                 record(Frame(CALL, lineno, source_of[lineno], texts, None, depth))
             except _Stop:
                 raise
+            except RecursionError:  # the program is at the recursion limit: no room left to record
+                stop("recursion", f"the program reached the recursion limit ({sys.getrecursionlimit()} frames)")
             except Exception as e:
                 stop("tracer_error", f"the tracer failed: {type(e).__name__}: {e}")
             return on_event
@@ -240,6 +243,8 @@ class _Recorder:
                             self.real_settrace(None)  # nothing more to see: run the rest at full speed
             except _Stop:
                 raise
+            except RecursionError:  # the program is at the recursion limit: no room left to record
+                stop("recursion", f"the program reached the recursion limit ({sys.getrecursionlimit()} frames)")
             except Exception as e:
                 stop("tracer_error", f"the tracer failed: {type(e).__name__}: {e}")
             return on_event
