@@ -112,6 +112,11 @@ class _Recorder:
             self.status, self.error, done = status, error, True
             raise _Stop
 
+        def fail(e: Exception):
+            if isinstance(e, RecursionError):  # the program is at the limit: no room left to record
+                stop("recursion", f"the program reached the recursion limit ({sys.getrecursionlimit()} frames)")
+            stop("tracer_error", f"the tracer failed: {type(e).__name__}: {e}")
+
         def check_limits(event_nbytes: int) -> None:
             """Stop the run if recording one more event, of event_nbytes bytes, passes a limit."""
             if len(frames) >= max_events:
@@ -163,12 +168,8 @@ class _Recorder:
                 depth += 1
                 nbytes += size
                 record(Frame(CALL, lineno, source_of[lineno], texts, None, depth))
-            except _Stop:
-                raise
-            except RecursionError:  # the program is at the recursion limit: no room left to record
-                stop("recursion", f"the program reached the recursion limit ({sys.getrecursionlimit()} frames)")
-            except Exception as e:
-                stop("tracer_error", f"the tracer failed: {type(e).__name__}: {e}")
+            except Exception as e:  # (_Stop is a BaseException: it passes)
+                fail(e)
             return on_event
 
         def on_event(frame, event, arg):
@@ -241,12 +242,8 @@ class _Recorder:
                         if not scopes:  # the entry scope is left: the trace is complete
                             done = self.completed = True
                             self.real_settrace(None)  # nothing more to see: run the rest at full speed
-            except _Stop:
-                raise
-            except RecursionError:  # the program is at the recursion limit: no room left to record
-                stop("recursion", f"the program reached the recursion limit ({sys.getrecursionlimit()} frames)")
-            except Exception as e:
-                stop("tracer_error", f"the tracer failed: {type(e).__name__}: {e}")
+            except Exception as e:  # (_Stop is a BaseException: it passes)
+                fail(e)
             return on_event
 
         return on_call
