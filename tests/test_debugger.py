@@ -7,7 +7,7 @@ import copy
 import io
 
 import pytest
-from conftest import make_tiny_checkpoint
+from conftest import make_tiny_checkpoint, serving
 
 from cwm.backends import LocalBackend, Sampling
 from cwm.debugger import cli
@@ -180,31 +180,10 @@ def test_cli_errors_are_one_line(program_file, capsys):
 
 def test_local_and_http_debugger_sessions_agree(checkpoint, prepared):
     """Identical greedy predictions through the local model and through `cwm serve` on loopback."""
-    import socket
-    import threading
-    import time
-
-    import httpx
-    import uvicorn
-
     from cwm.backends import HTTPBackend
-    from cwm.serve.app import create_app
 
     local = LocalBackend.from_dir(checkpoint)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(local), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{port}"
-        while True:
-            try:
-                httpx.get(url + "/health")
-                break
-            except httpx.HTTPError:
-                time.sleep(0.05)
+    with serving(local) as url:
         context, real = prepared
         sampling = Sampling(max_new_tokens=24)
         runs = []
@@ -217,6 +196,3 @@ def test_local_and_http_debugger_sessions_agree(checkpoint, prepared):
             forced = predict_teacher_forced(backend, Case("f", context, real), sampling)
             runs.append(([(st.ids, st.error) for st in s.steps], forced.frames, forced.error, forced.valid))
         assert runs[0] == runs[1] and len(runs[0][0]) == 2 and len(runs[0][1]) == 9
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)

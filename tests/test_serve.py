@@ -4,24 +4,13 @@ The model is real but tiny and untrained: the cwm-tiny preset, randomly initiali
 save_pretrained beside a small BPE tokenizer trained here. Nothing is mocked.
 """
 
-import socket
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import uvicorn
-from conftest import make_tiny_checkpoint
+from conftest import free_port, make_tiny_checkpoint, serving, wait_until_healthy
 
 from cwm.backends import BackendError, HTTPBackend, LocalBackend, Sampling
-from cwm.serve.app import create_app
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -32,22 +21,8 @@ def local(tmp_path_factory, tok):
 @pytest.fixture(scope="module")
 def server(local):
     """A real uvicorn server in a thread, on a free loopback port."""
-    port = free_port()
-    config = uvicorn.Config(create_app(local, model_name="tiny"), host="127.0.0.1",
-                            port=port, log_level="warning")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if httpx.get(url + "/health").status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    yield url
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving(local) as url:
+        yield url
 
 
 GREEDY = Sampling(temperature=0.0, max_new_tokens=12)
@@ -153,12 +128,7 @@ def test_cwm_serve_cli_runs_a_real_server(local, tmp_path_factory, tok):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.05)
+        wait_until_healthy(url)
         reply = httpx.post(url + "/completions", json={"prompt": "def f(x):\n", "max_tokens": 5, "temperature": 0})
         assert reply.json()["choices"][0]["tokens"] == local.complete("def f(x):\n", sampling=Sampling(max_new_tokens=5)).tokens
     finally:
