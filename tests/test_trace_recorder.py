@@ -429,3 +429,62 @@ def test_size_accounting_is_exact_at_the_byte_limit():
     assert trace_call(program, "f(40)", value_limit=60, max_bytes=total).status == "ok"
     cut = trace_call(program, "f(40)", value_limit=60, max_bytes=total - 1)
     assert cut.status == "size_limit" and cut.frames == full.frames[:-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# The trace function is C (_ctrace.c): its byte counting, its references, its re-installation.
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.text(max_size=40), st.sampled_from([3, 12, 1000]))
+def test_byte_accounting_is_exact_for_any_string(s, limit):
+    program = "def f(s):\n    t = s[::-1]\n    u = [s]\n    return t\n"
+    call = f"f({s!r})"
+    full = trace_call(program, call, value_limit=limit)
+    total = len(to_cwm_text(full).encode())
+    assert trace_call(program, call, value_limit=limit, max_bytes=total).status == "ok"
+    assert trace_call(program, call, value_limit=limit, max_bytes=total - 1).status == "size_limit"
+
+
+def test_the_tracer_keeps_no_reference_to_the_programs_objects():
+    import gc
+    import tracemalloc
+
+    program = src("""
+        class LeakProbe:
+            pass
+        def f(n):
+            probe, xs, total = LeakProbe(), [], 0
+            for i in range(n):
+                xs.append(str(i) * 3)
+                total += len(xs[-1])
+            return probe
+    """)
+
+    def run():
+        assert trace_call(program, "f(50)").status == "ok"
+
+    for _ in range(20):
+        run()
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for _ in range(100):
+        run()
+    gc.collect()
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert not [o for o in gc.get_objects() if type(o).__name__ == "LeakProbe"]  # nor its frames
+    # 100 traces of ~150 frames each: a reference leaked per event would keep over 1 MB
+    assert grown < 200_000, grown
+
+
+def test_a_program_that_reinstalls_the_current_trace_function_stays_traced():
+    t = trace_call(src("""
+        import sys
+        def f():
+            sys.settrace(sys.gettrace())
+            x = 1
+            return x
+    """), "f()")
+    assert t.status == "ok" and [f.lineno for f in t.frames if f.event == LINE] == [3, 4, 5]

@@ -31,13 +31,12 @@ import threading
 import time
 import types
 
+from cwm.trace._ctrace import Tracer
 from cwm.trace.format import (
-    CALL, END_OF_TEXT, EXCEPTION, LINE, MARKER, RETURN, UNCHANGED, Frame, Trace, frame_nbytes, outcome, prompt_text,
+    END_OF_TEXT, EVENTS, MARKER, UNCHANGED, Frame, Trace, frame_nbytes, outcome, prompt_text,
     source_lines,
 )  # fmt: skip
-from cwm.trace.values import (
-    DEFAULT_LIMIT, DEFAULT_REPR_TIMEOUT, QUICK, QUICK_INT, REWRITTEN, ValueRenderer, json_str, same_items,
-)  # fmt: skip
+from cwm.trace.values import DEFAULT_LIMIT, DEFAULT_REPR_TIMEOUT, ValueRenderer, json_str
 
 PROGRAM = "<program>"
 MAX_EVENTS = 10_000
@@ -46,7 +45,7 @@ _MARKER_RE = re.compile(r"[ \t]*#[ \t]*<<[ \t]*START_OF_TRACE[ \t]*$")
 # Module-level names that are program structure, not state (whole-script traces).
 _DEFINITIONS = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)
 # Bytes of a frame's text besides its source line and its locals or value (see frame_nbytes).
-_FRAME_NBYTES = {event: frame_nbytes(Frame(event, 0, "", {}, ""), {}) - 2 for event in (CALL, LINE, RETURN, EXCEPTION)}
+_FRAME_NBYTES = {event: frame_nbytes(Frame(event, 0, "", {}, ""), {}) - 2 for event in EVENTS}
 _UNCHANGED_NBYTES = len(json_str(UNCHANGED))
 
 
@@ -73,184 +72,45 @@ class _Recorder:
         self.values = ValueRenderer(value_limit, repr_timeout, threading.current_thread() is threading.main_thread())
         # the size limit is on the whole text: prompt, frames and <|end_of_text|>
         self.prompt_nbytes = len(prompt_text(context).encode()) + len(END_OF_TEXT)
-        self.ours: dict[types.CodeType, int] = {}  # code -> its def line, or -1 if not ours
         self.frames: list[Frame] = []
-        self.started = self.completed = self.removed = False
+        self.removed = False
         self.status: str | None = None
         self.return_value: str | None = None
         self.error: str | None = None
 
-    # -- the sys.settrace callbacks -----------------------------------------------------------
-    def _trace_function(self):
-        """The global trace function (on_call, which gives each frame of ours on_event as its
-        local one): closures over the run.
-
-        They run on every event of the program, so they keep their state in closure variables
-        (quicker to reach than attributes), render only the locals that changed (values.track),
-        and count the bytes of each frame's text as they go instead of rendering it.
-        """
-        frames, lines, ours = self.frames, self.lines, self.ours
-        record = frames.append
-        track, render, limit = self.values.track, self.values.render, self.values.limit
-        max_events, max_bytes, whole_module = self.max_events, self.max_bytes, self.whole_module
-        source_of = [""] + lines  # by line number
-        # bytes of each event's frame text besides its locals or value, by event and line number
-        fixed = {event: [0] + [n + len(line.encode()) for line in lines] for event, n in _FRAME_NBYTES.items()}
-        line_fixed = fixed[LINE]
-        # Per open scope, [what it remembers of each local (values.track), the bytes its locals take
-        # when all are written ".." (the sum of len('"name": "..", ') over them, less 2 for "{}",
-        # to which a frame adds the extra bytes of the locals it writes in full), whether it is a
-        # whole script's module].
-        scopes: list[list] = []
-        depth = -1  # of the open scope below the entry's (len(scopes) - 1)
-        nbytes = self.prompt_nbytes  # of the text so far
-        deadline = None  # time.monotonic() past which the trace stops, when there is a timeout
-        done = False
+    # -- the trace function -------------------------------------------------------------------
+    def _tracer(self) -> Tracer:
+        """The trace function of this run: a _ctrace.Tracer (in C; it calls back for what is
+        decided here: the entry, def lines, the limits, and values it cannot render itself)."""
 
         def stop(status: str, error: str):
-            nonlocal done
-            self.status, self.error, done = status, error, True
+            self.status, self.error = status, error
+            tracer.done = True
             raise _Stop
-
-        def fail(e: Exception):
-            if isinstance(e, RecursionError):  # the program is at the limit: no room left to record
-                stop("recursion", f"the program reached the recursion limit ({sys.getrecursionlimit()} frames)")
-            stop("tracer_error", f"the tracer failed: {type(e).__name__}: {e}")
 
         def check_limits(event_nbytes: int) -> None:
             """Stop the run if recording one more event, of event_nbytes bytes, passes a limit."""
-            if len(frames) >= max_events:
-                stop("event_limit", f"the trace passed {max_events} events (max_events)")
-            if nbytes + event_nbytes > max_bytes:
-                stop("size_limit", f"the trace passed {max_bytes} bytes (max_bytes)")
-            if deadline is not None and time.monotonic() > deadline:
+            if len(self.frames) >= self.max_events:
+                stop("event_limit", f"the trace passed {self.max_events} events (max_events)")
+            if tracer.nbytes + event_nbytes > self.max_bytes:
+                stop("size_limit", f"the trace passed {self.max_bytes} bytes (max_bytes)")
+            if tracer.deadline and time.monotonic() > tracer.deadline:
                 stop("timeout", f"the trace ran past {self.timeout} s")
 
-        def module_state(namespace: dict) -> list:
-            """A whole script's module-level (name, value) pairs that are state, not definitions."""
-            return [(k, v) for k, v in namespace.items() if not (k[:2] == "__" or isinstance(v, _DEFINITIONS))]
-
-        def on_call(frame, event, arg):
-            """The global trace function: CPython calls it for every new frame."""
-            nonlocal deadline, nbytes, depth
-            if done:
-                return None
-            code = frame.f_code
-            def_line = ours.get(code)
-            if def_line is None:
-                def_line = ours[code] = self._def_line(code)
-            if def_line < 0:
-                return None  # library code: stepped over
-            if not self.started:
-                if not self.is_entry(frame):
-                    return None
-                self.started = True
-                if self.timeout:
-                    deadline = time.monotonic() + self.timeout
-            try:
-                lineno = frame.f_lineno
-                if lineno in (0, code.co_firstlineno):  # a fresh call (not a generator resuming)
-                    lineno = def_line
-                # A new scope: every local is written in full.
-                seen_of, texts, unchanged_nbytes, size = {}, {}, 0, fixed[CALL][lineno]
-                is_module = whole_module and code.co_name == "<module>"
-                for name, value in module_state(frame.f_locals) if is_module else frame.f_locals.items():
-                    if name[0] == ".":  # a comprehension's hidden iterator argument (.0)
-                        continue
-                    seen_of[name] = seen = track(value, None)[0]
-                    texts[name] = seen[2]
-                    unchanged_nbytes += len(json_str(name)) + 4 + _UNCHANGED_NBYTES
-                    size += seen[3] - _UNCHANGED_NBYTES
-                size += unchanged_nbytes if texts else 2  # "{}"
-                if len(frames) >= max_events or nbytes + size > max_bytes or deadline is not None:
-                    check_limits(size)
-                scopes.append([seen_of, unchanged_nbytes, is_module])
-                depth += 1
-                nbytes += size
-                record(Frame(CALL, lineno, source_of[lineno], texts, None, depth))
-            except Exception as e:  # (_Stop is a BaseException: it passes)
-                fail(e)
-            return on_event
-
-        def on_event(frame, event, arg):
-            """The local trace function of the program's frames."""
-            nonlocal done, nbytes, depth
-            if done:
-                return None
-            try:
-                lineno = frame.f_lineno
-                if event == "line":
-                    # The hot path. Most locals did not change since the scope's previous frame:
-                    # they keep their text and are written ".." (values.track says when it is safe).
-                    scope = scopes[-1]
-                    seen_of = scope[0]
-                    texts = {}
-                    size = line_fixed[lineno]
-                    rewritten = ()
-                    for name, value in module_state(frame.f_locals) if scope[2] else frame.f_locals.items():
-                        seen = seen_of.get(name)
-                        if seen is not None and seen[0] is value and (seen[1] is None or same_items(value, seen[1])):
-                            texts[name] = seen[2]
-                            continue
-                        t = type(value)
-                        if seen is not None and (t is int and -QUICK_INT < value < QUICK_INT or t in QUICK):
-                            text = repr(value)  # a number: values.track's first case, inlined (hot)
-                            if len(text) <= limit:
-                                seen_of[name] = (value, None, text, len(text) + 2, None)
-                                texts[name] = text
-                                if text != seen[2]:
-                                    size += len(text) + 2 - _UNCHANGED_NBYTES
-                                continue
-                        if name[0] == ".":
-                            continue
-                        if seen is None:
-                            scope[1] += len(json_str(name)) + 4 + _UNCHANGED_NBYTES
-                        seen, how = track(value, seen)
-                        seen_of[name] = seen
-                        texts[name] = seen[2]
-                        if how:  # CHANGED or REWRITTEN: written in full
-                            size += seen[3] - _UNCHANGED_NBYTES
-                            if how == REWRITTEN:
-                                rewritten += (name,)
-                    if len(seen_of) != len(texts):  # deleted locals
-                        for gone in seen_of.keys() - texts.keys():
-                            del seen_of[gone]
-                            scope[1] -= len(json_str(gone)) + 4 + _UNCHANGED_NBYTES
-                    size += scope[1] if texts else 2  # "{}"
-                    if len(frames) >= max_events or nbytes + size > max_bytes or deadline is not None:
-                        check_limits(size)
-                    nbytes += size
-                    record(Frame(LINE, lineno, source_of[lineno], texts, None, depth, rewritten))
-                    return on_event
-                if event == RETURN or event == EXCEPTION:
-                    value = arg if event == RETURN else arg[1]
-                    t = type(value)
-                    if t is int and -QUICK_INT < value < QUICK_INT or t in QUICK:
-                        text = repr(value)  # a number (as above)
-                        if len(text) > limit:
-                            text = render(value)[0]
-                    else:
-                        text = render(value)[0]
-                    size = fixed[event][lineno] + len(json_str(text))
-                    if len(frames) >= max_events or nbytes + size > max_bytes or deadline is not None:
-                        check_limits(size)
-                    nbytes += size
-                    record(Frame(event, lineno, source_of[lineno], None, text, depth))
-                    if event == RETURN:
-                        scopes.pop()
-                        depth -= 1
-                        if not scopes:  # the entry scope is left: the trace is complete
-                            done = self.completed = True
-                            self.real_settrace(None)  # nothing more to see: run the rest at full speed
-            except Exception as e:  # (_Stop is a BaseException: it passes)
-                fail(e)
-            return on_event
-
-        return on_call
+        # bytes of each event's frame text besides its locals or value, by event and line number
+        fixed = tuple([0] + [_FRAME_NBYTES[event] + len(line.encode()) for line in self.lines] for event in EVENTS)
+        tracer = Tracer(
+            frames=self.frames, source_of=[""] + self.lines, fixed=fixed, frame_type=Frame,
+            track=self.values.track, render=self.values.render, definitions=_DEFINITIONS,
+            is_entry=self.is_entry, def_line=self._def_line, check_limits=check_limits, filename=self.filename,
+            stop=_Stop, limit=self.values.limit, max_events=self.max_events, max_bytes=self.max_bytes,
+            unchanged_len=_UNCHANGED_NBYTES, nbytes=self.prompt_nbytes, timeout=self.timeout or 0.0,
+            whole_module=self.whole_module,
+        )  # fmt: skip
+        return tracer
 
     def _def_line(self, code) -> int:
-        if code.co_filename != self.filename:
-            return -1
+        """The line a call of this code of the program shows: its def line, decorators skipped."""
         n = code.co_firstlineno
         if self.lines[n - 1].lstrip().startswith("@"):  # decorators: the call's action is the def line
             while n < len(self.lines) and not self.lines[n - 1].lstrip().startswith(("def ", "async def ")):
@@ -259,33 +119,43 @@ class _Recorder:
 
     # -- running ------------------------------------------------------------------------------
     def run(self, fn, *args) -> None:
-        """fn(*args) with this recorder's trace functions; sets frames, status, return_value, error."""
-        real_settrace = self.real_settrace = sys.settrace
-        on_call = self._trace_function()
+        """fn(*args) with this recorder's trace function; sets frames, status, return_value, error."""
+        real_settrace = sys.settrace
+        tracer = self._tracer()
 
         def guarded_settrace(func):  # a program that removes our tracer must not look complete
-            if func is not on_call:
-                self.removed = True
+            if func is tracer:
+                tracer.install()
+                return
+            self.removed = True
             real_settrace(func)
 
         with self.values:
             sys.settrace = guarded_settrace
-            real_settrace(on_call)
+            tracer.install()
             try:
                 fn(*args)
             except _Stop:
                 pass
             except BaseException as e:  # the program failed outside the entry (at import, say)
-                if not self.started:
+                if not tracer.started:
                     self.status, self.error = "error", f"the program raised {type(e).__name__}: {e}"
             finally:
-                still_ours = sys.gettrace() is on_call
+                still_ours = sys.gettrace() is tracer
                 real_settrace(None)
                 sys.settrace = real_settrace
-        if self.status is None:
-            if self.completed:
+                tracer.close()
+        failure = tracer.failure
+        if failure is not None:  # an exception inside the trace function
+            if isinstance(failure, RecursionError):  # the program is at the limit: no room left to record
+                self.status = "recursion"
+                self.error = f"the program reached the recursion limit ({sys.getrecursionlimit()} frames)"
+            else:
+                self.status, self.error = "tracer_error", f"the tracer failed: {type(failure).__name__}: {failure}"
+        elif self.status is None:
+            if tracer.completed:
                 self.status, self.return_value, self.error = outcome(self.frames)
-            elif not self.started:
+            elif not tracer.started:
                 self.status, self.error = "not_reached", "the entry point never ran"
             elif self.removed or not still_ours:
                 self.status, self.error = "tracer_removed", "the program removed or replaced the trace function"

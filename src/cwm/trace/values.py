@@ -28,7 +28,8 @@ import signal
 from collections import Counter, OrderedDict, defaultdict, deque
 from itertools import islice
 from json.encoder import encode_basestring_ascii as json_str  # == json.dumps(str), in C
-from operator import is_
+
+from cwm.trace._ctrace import starts_with  # an identity test of the items, in C
 
 DEFAULT_LIMIT = 1000  # characters of repr kept per value
 DEFAULT_REPR_TIMEOUT = 0.1  # seconds a user-defined __repr__ may run
@@ -65,21 +66,9 @@ UNPICKLABLE = object()
 LATER = object()
 
 
-def same_items(value, items) -> bool:
-    """Does this list or dict hold the very objects of its snapshot `items`, in the same order?"""
-    return len(value) == len(items) and _starts_with(value, items)
-
-
 def _grew(value, items) -> bool:
     """Did this list or dict only gain items at its end since its snapshot `items`?"""
-    return len(value) > len(items) and _starts_with(value, items)
-
-
-def _starts_with(value, items) -> bool:
-    """Are the first len(items) items (keys and values) of this list or dict those of `items`?"""
-    if type(items) is dict:  # map() stops at the shorter one
-        return all(map(is_, value, items)) and all(map(is_, value.values(), items.values()))
-    return all(map(is_, value, items))
+    return len(value) > len(items) and starts_with(value, items)
 
 
 def is_stable(value) -> bool:
@@ -202,7 +191,8 @@ class ValueRenderer:
         """Render a local whose scope last remembered it as `seen` (None: new); say how it changed.
 
         Returns (what to remember, SAME | CHANGED | REWRITTEN). Callers first try the free case
-        themselves: `seen[0] is value and (seen[1] is None or same_items(value, seen[1]))` means
+        themselves (the C tracer, _ctrace.c): `seen[0] is value` and, if `seen[1]` is a snapshot, the value
+        still holds its very items (same_items there) means
         SAME, with the text `seen[2]`.
         """
         t = type(value)
