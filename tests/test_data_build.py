@@ -10,7 +10,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from cwm.data.build import BuildError, BuildParams, build, make_plan, row_to_trace, schema
+from cwm.data.build import BuildError, BuildParams, build, row_to_trace, schema
 from cwm.data.stats import PROMISED, dataset_stats
 from cwm.data.synth import generate
 from cwm.trace.format import to_cwm_text
@@ -74,17 +74,21 @@ def test_two_workers_give_the_same_records(synth_build, tmp_path):
     assert records(tmp_path) == records(synth_build)  # every column of every record
 
 
-def test_the_synth_plan_generates_only_the_programs_it_examines():
-    examined = []
+def test_duplicates_are_dropped_and_only_the_candidates_needed_are_generated(tmp_path, monkeypatch):
+    import cwm.data.synth as synth
 
-    def each_twice(generate, indices):  # eager, as a pool's map is; program i is generated program i // 2
-        examined.extend(indices)
-        return [generate(i // 2) for i in indices]
+    examined, original, expected = [], synth.generate_one, generate(0, 6)
 
-    plan = make_plan(BuildParams(source="synth", n=6, decontaminate=()), map_=each_twice)
-    assert plan.items == generate(0, 6)  # the first 6 unique programs, in order
-    assert plan.counts == {"candidates": 11, "duplicates": 5, "contaminated": 0}
-    assert examined == list(range(11))  # batches of exactly the number still missing: none thrown away
+    def each_twice(seed, index, knobs):  # candidate i is program i // 2: every other one is a duplicate
+        examined.append(index)
+        return original(seed, index // 2, knobs=knobs)
+
+    monkeypatch.setattr(synth, "generate_one", each_twice)
+    manifest = build(tmp_path, BuildParams(source="synth", n=6, seed=0, shard_size=4, **SMALL), workers=1, progress=False)
+    assert [(r["index"], r["source"]) for r in records(tmp_path)] == [(i, p.source) for i, p in enumerate(expected)]
+    assert manifest["plan"] == {"candidates": 11, "duplicates": 5, "contaminated": 0}
+    assert sorted(examined) == list(range(11))  # rounds of exactly the number still missing: none thrown away
+    assert [e["candidates"] for e in manifest["shards"].values()] == [[0, 7], [7, 11]]
 
 
 def test_a_rerun_with_other_parameters_is_refused(synth_build):
