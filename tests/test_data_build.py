@@ -77,13 +77,13 @@ def test_two_workers_give_the_same_records(synth_build, tmp_path):
 def test_duplicates_are_dropped_and_only_the_candidates_needed_are_generated(tmp_path, monkeypatch):
     import cwm.data.synth as synth
 
-    examined, original, expected = [], synth.generate_one, generate(0, 6)
+    examined, original, expected = [], synth.generate_compiled, generate(0, 6)
 
     def each_twice(seed, index, knobs):  # candidate i is program i // 2: every other one is a duplicate
         examined.append(index)
         return original(seed, index // 2, knobs=knobs)
 
-    monkeypatch.setattr(synth, "generate_one", each_twice)
+    monkeypatch.setattr(synth, "generate_compiled", each_twice)
     manifest = build(tmp_path, BuildParams(source="synth", n=6, seed=0, shard_size=4, **SMALL), workers=1, progress=False)
     assert [(r["index"], r["source"]) for r in records(tmp_path)] == [(i, p.source) for i, p in enumerate(expected)]
     assert manifest["plan"] == {"candidates": 11, "duplicates": 5, "contaminated": 0}

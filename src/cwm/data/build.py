@@ -44,6 +44,7 @@ from cwm.data.synth import Program
 FORMAT = "cwm-dataset-v1"
 MANIFEST = "manifest.json"
 SOURCE_KINDS = ("synth", "dir", "programs", "eval", "code")
+COMPRESSION = "zstd"  # of the Parquet shards
 CHUNK = 32  # candidates per task and per sandbox fork: small enough to balance, large enough to amortise the fork
 
 
@@ -177,8 +178,9 @@ def _read_programs(path: Path) -> Iterator[Program]:
 # Tracing (runs in a worker process)
 
 
-def _trace_many(programs: list[tuple[str, str]], params: BuildParams) -> list[tuple[dict, str | None]]:
-    """Runs inside the sandbox: trace each (source, call) in turn and render it here, once.
+def _trace_many(programs: list[tuple[str, str, object]], params: BuildParams) -> list[tuple[dict, str | None]]:
+    """Runs inside the sandbox: trace each (source, call, compiled code or None) in turn and render
+    it here, once.
 
     Only plain values come back (dict, tuple, str, int), which pickle fast and which the caller's
     restricted unpickler takes; sending Trace objects cost about half as much as tracing them.
@@ -186,8 +188,8 @@ def _trace_many(programs: list[tuple[str, str]], params: BuildParams) -> list[tu
     from cwm.trace import trace_call
 
     return [
-        _rendered(trace_call(source, call, max_events=params.max_events, max_bytes=params.max_bytes, timeout=params.timeout))
-        for source, call in programs
+        _rendered(trace_call(source, call, max_events=params.max_events, max_bytes=params.max_bytes, timeout=params.timeout, code=code))
+        for source, call, code in programs
     ]
 
 
@@ -208,7 +210,7 @@ def _rendered(trace) -> tuple[dict, str | None]:
     return fields, text
 
 
-def _sandboxed(programs: list[Program], params: BuildParams):
+def _sandboxed(programs: list[Program], params: BuildParams, codes: list | None = None):
     import cwm.trace  # noqa: F401  (imported here, so the forked child finds it loaded)
     from cwm.trace.sandbox import Limits, run_function
 
@@ -216,7 +218,8 @@ def _sandboxed(programs: list[Program], params: BuildParams):
     # for a hang it cannot see (inside C code). A chunk that needs longer is retried program by
     # program, each with the same limit, so the limit changes how fast, never which records.
     limits = Limits(timeout=params.timeout + 1)
-    return run_function(_trace_many, [(p.source, p.call) for p in programs], params, limits=limits)
+    codes = codes or [None] * len(programs)  # the child is a fork: code objects need no pickling
+    return run_function(_trace_many, [(p.source, p.call, c) for p, c in zip(programs, codes)], params, limits=limits)
 
 
 @dataclass(frozen=True)
@@ -231,20 +234,23 @@ class Task:
 def run_task(task: Task, params: BuildParams):
     """In a worker: ([(content id, contaminated)] of each candidate, the records of the clean ones
     as an Arrow table whose `index` is the candidate's number). Never raises for what a program does."""
-    programs = task.programs
+    programs, codes = task.programs, None
     if programs is None:
         knobs = synth.Knobs.parse(params.arg)
-        programs = [synth.generate_one(params.seed, i, knobs=knobs) for i in range(task.start, task.stop)]
+        made = [synth.generate_compiled(params.seed, i, knobs=knobs) for i in range(task.start, task.stop)]
+        programs = [program for program, _ in made]
+        codes = {i: code for i, (_, code) in enumerate(made, start=task.start)}
     banned = _banned(params) if params.kind == "synth" else ()  # a listed source's plan is clean already
     keys = [(content_id(p.source, p.call), bool(banned) and evalsets.source_key(p.source) in banned) for p in programs]
     clean = [(task.start + k, p) for k, (p, (_, bad)) in enumerate(zip(programs, keys)) if not bad]
     if not clean:
         return keys, schema("traces").empty_table()
-    return keys, trace_chunk(clean, params)
+    return keys, trace_chunk(clean, params, codes)
 
 
-def trace_chunk(chunk: list[tuple[int, Program]], params: BuildParams):
+def trace_chunk(chunk: list[tuple[int, Program]], params: BuildParams, codes: dict | None = None):
     """The records of a chunk of (index, program) as an Arrow table; never raises for what a program does.
+    `codes`: index -> the program's compiled module code, where this process has it (synth).
 
     One sandbox traces the whole chunk, since forking a sandbox costs more than most traces. If
     that run fails (a program exited, crashed, flooded its output, ...), each program runs again
@@ -257,7 +263,7 @@ def trace_chunk(chunk: list[tuple[int, Program]], params: BuildParams):
     from cwm.trace.sandbox import SandboxResult
 
     programs = [p for _, p in chunk]
-    first = _sandboxed(programs, params)
+    first = _sandboxed(programs, params, codes and [codes.get(i) for i, _ in chunk])
     # Code we did not write runs twice: a record is kept only if both traces agree.
     second = _sandboxed(programs, params) if first.ok and params.kind in ("dir", "programs") else None
     if first.ok and (second is None or second.ok or len(chunk) == 1):
@@ -268,7 +274,7 @@ def trace_chunk(chunk: list[tuple[int, Program]], params: BuildParams):
         except Exception as e:  # a program shares the tracer's process: it can reach in and spoil what comes back
             first = SandboxResult("internal_error", error=f"the traced run sent back a malformed result: {type(e).__name__}: {e}")
     if len(chunk) > 1:
-        return pa.concat_tables([trace_chunk([item], params) for item in chunk])
+        return pa.concat_tables([trace_chunk([item], params, codes) for item in chunk])
     # the sandbox stopped this one program (timeout, memory, exit, crash, ...), or it spoiled its result
     (index, program), = chunk
     return pa.Table.from_pylist([_record(index, program, status=first.status, error=first.error)], schema=schema("traces"))
@@ -348,9 +354,18 @@ def shard_name(number: int) -> str:
 
 
 def _write_atomic(path: Path, write) -> None:
-    """write(tmp_path); fsync; rename over path; fsync the directory (so the rename is durable)."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """write(tmp_path); then _commit it as path."""
+    tmp = _tmp_path(path)
     write(tmp)
+    _commit(tmp, path)
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
+def _commit(tmp: Path, path: Path) -> None:
+    """fsync tmp; rename it over path; fsync the directory (so the rename is durable)."""
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -364,7 +379,7 @@ def _write_atomic(path: Path, write) -> None:
 def write_shard(out: Path, number: int, table) -> None:
     import pyarrow.parquet as pq
 
-    _write_atomic(out / shard_name(number), lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+    _write_atomic(out / shard_name(number), lambda tmp: pq.write_table(table, tmp, compression=COMPRESSION))
 
 
 def write_manifest(out: Path, manifest: dict) -> None:
@@ -457,7 +472,7 @@ class _Shards:
         self.kept = sum(entry["rows"] for entry in shards)  # the records of the shards done
         self.next = max((entry["candidates"][1] for entry in shards), default=0)  # the first candidate after them
         self.seen = {i for name in manifest["shards"] for i in pq.read_table(out / name, columns=["id"])["id"].to_pylist()}
-        self.tables: list = []  # of the shard being filled
+        self.writer, self.filling = None, 0  # the shard being filled: its open file and its records so far
         self.first = self.next  # its first candidate
         self.dropped = {"duplicates": 0, "contaminated": 0}  # among its candidates
 
@@ -470,23 +485,21 @@ class _Shards:
                     task, (keys, table) = waiting.pop(start)
                     advance(self._take(task, keys, table))
                     start = task.stop
-        if self.tables or not self.manifest["complete"]:
-            self._write()
+        if self.filling or not self.manifest["complete"]:
+            self._finish()
 
     def _tasks(self) -> list[Task]:
-        """Tasks for the candidates that give the records still wanted if none is dropped."""
+        """Tasks for the candidates that give the records still wanted if none is dropped. Their
+        bounds are multiples of CHUNK (the programs that share a sandbox do not depend on where a
+        killed build resumed)."""
         stop = self.next + self.wanted - self.kept
-        tasks = []
-        for start in range(self.next, stop, CHUNK):
-            end = min(start + CHUNK, stop)
-            tasks.append(Task(start, end, None if self.plan is None else tuple(self.plan.items[start:end])))
+        bounds = [self.next, *range((self.next // CHUNK + 1) * CHUNK, stop, CHUNK), stop]
         self.next = stop
-        return tasks
+        items = self.plan.items if self.plan is not None else None
+        return [Task(a, b, None if items is None else tuple(items[a:b])) for a, b in zip(bounds, bounds[1:])]
 
     def _take(self, task: Task, keys: list, table) -> int:
         """Keep the task's new clean candidates while records are wanted; returns how many."""
-        import pyarrow as pa
-
         row_of = {index: row for row, index in enumerate(table["index"].to_pylist())}
         rows, taken = [], 0
         for number, (digest, contaminated) in enumerate(keys, start=task.start):
@@ -502,36 +515,38 @@ class _Shards:
                 rows.append(row_of[number])
                 self.kept += 1
                 taken += 1
-            if len(rows) + self._filling() == self.size or self.kept == self.wanted:
+            if len(rows) + self.filling == self.size or self.kept == self.wanted:
                 self._add(table.take(rows), number + 1)
                 rows = []
         if rows:
             self._add(table.take(rows), None)
         return taken
 
-    def _filling(self) -> int:
-        return sum(t.num_rows for t in self.tables)
-
     def _add(self, table, shard_end: int | None) -> None:
-        """Add kept rows to the shard being filled; write it when it is full (its last candidate
-        is shard_end - 1) or the build has all its records."""
+        """Write kept rows (numbered) into the shard being filled, as a row group; finish the shard
+        when it is full (its last candidate is shard_end - 1) or the build has all its records."""
         import pyarrow as pa
+        import pyarrow.parquet as pq
 
         first_index = self.kept - table.num_rows  # they are the last records kept
-        self.tables.append(table.set_column(0, "index", pa.array(range(first_index, first_index + table.num_rows), pa.int64())))
+        table = table.set_column(0, "index", pa.array(range(first_index, first_index + table.num_rows), pa.int64()))
+        if self.writer is None:
+            path = _tmp_path(self.out / shard_name(len(self.manifest["shards"])))
+            self.writer = pq.ParquetWriter(path, table.schema, compression=COMPRESSION)
+        self.writer.write_table(table)
+        self.filling += table.num_rows
         if shard_end is not None:
-            self._write(shard_end)
+            self._finish(shard_end)
 
-    def _write(self, shard_end: int | None = None) -> None:
-        import pyarrow as pa
-
+    def _finish(self, shard_end: int | None = None) -> None:
+        """Commit the shard being filled (if it has records) and the manifest."""
         end = self.next if shard_end is None else shard_end
-        number = len(self.manifest["shards"])
-        table = pa.concat_tables(self.tables) if self.tables else schema("traces").empty_table()
-        if table.num_rows:
-            write_shard(self.out, number, table)
-            self.manifest["shards"][shard_name(number)] = {"rows": table.num_rows, "candidates": [self.first, end], **self.dropped}
-        self.tables, self.first, self.dropped = [], end, {"duplicates": 0, "contaminated": 0}
+        if self.writer is not None:
+            self.writer.close()
+            name = shard_name(len(self.manifest["shards"]))
+            _commit(_tmp_path(self.out / name), self.out / name)
+            self.manifest["shards"][name] = {"rows": self.filling, "candidates": [self.first, end], **self.dropped}
+        self.writer, self.filling, self.first, self.dropped = None, 0, end, {"duplicates": 0, "contaminated": 0}
         self._count()
         write_manifest(self.out, self.manifest)
 

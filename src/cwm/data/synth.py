@@ -18,7 +18,10 @@ from __future__ import annotations
 import random
 import re
 import sys
+import types
 from dataclasses import dataclass
+
+from cwm.trace.recorder import PROGRAM
 
 INT, STR, LIST, DICT, SET, TUPLE, BOOL = "int", "str", "list", "dict", "set", "tuple", "bool"
 TYPES = (INT, STR, LIST, DICT, SET, TUPLE, BOOL)
@@ -61,11 +64,18 @@ def generate(seed: int, n: int, knobs: Knobs = Knobs()) -> list[Program]:
 
 
 def generate_one(seed: int, index: int, knobs: Knobs = Knobs()) -> Program:
+    return generate_compiled(seed, index, knobs)[0]
+
+
+def generate_compiled(seed: int, index: int, knobs: Knobs = Knobs()) -> tuple[Program, types.CodeType]:
+    """Program i, and its module code as the tracer compiles it (the run that checked it compiled
+    it already: a tracer in this process may take it instead of compiling it again)."""
     rng = random.Random(f"cwm-synth:{seed}:{index}")
     for _ in range(1000):
         program = _Writer(rng, knobs).program()
-        if runs_within(program, knobs.max_events):
-            return program
+        code = compile(program.source, PROGRAM, "exec")
+        if _returns_within(code, program.call, knobs.max_events):
+            return program, code
     raise RuntimeError(f"synth: no valid program for seed {seed} index {index}; loosen the knobs")
 
 
@@ -75,6 +85,14 @@ class _EventBudgetExceeded(BaseException):  # BaseException: generated `except` 
 
 def runs_within(program: Program, max_events: int) -> bool:
     """Run the program here (it is our own generated code) and say if it returns within budget."""
+    try:
+        code = compile(program.source, PROGRAM, "exec")
+    except SyntaxError:
+        return False
+    return _returns_within(code, program.call, max_events)
+
+
+def _returns_within(code: types.CodeType, call: str, max_events: int) -> bool:
     namespace: dict = {}
     events = 0
 
@@ -87,10 +105,10 @@ def runs_within(program: Program, max_events: int) -> bool:
 
     previous = sys.gettrace()
     try:
-        exec(compile(program.source, "<synth>", "exec"), namespace)
+        exec(code, namespace)
         sys.settrace(count)
         try:
-            eval(program.call, namespace)
+            eval(call, namespace)
         finally:
             sys.settrace(previous)
     except (Exception, _EventBudgetExceeded, RecursionError):

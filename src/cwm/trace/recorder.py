@@ -163,12 +163,14 @@ class _Recorder:
 
 def trace_call(source: str, call: str, *, max_events: int = MAX_EVENTS, max_bytes: int = MAX_BYTES,
                timeout: float | None = None, value_limit: int = DEFAULT_LIMIT,
-               repr_timeout: float = DEFAULT_REPR_TIMEOUT, filename: str = PROGRAM) -> Trace:
+               repr_timeout: float = DEFAULT_REPR_TIMEOUT, filename: str = PROGRAM,
+               code: types.CodeType | None = None) -> Trace:
     """Run the program's module code, evaluate the call's arguments (untraced), trace the call.
 
-    `call` names a function of the program: "f(1, [2, 3])", "f(*xs, key=2)".
+    `call` names a function of the program: "f(1, [2, 3])", "f(*xs, key=2)". `code`: the source
+    compiled already, `compile(source, filename, "exec")`, if the caller has it (saves compiling).
     """
-    clean, code, expr, target = _prepare_call(source, call, filename)
+    clean, code, expr, target = _prepare_call(source, call, filename, code)
     context = _with_marker(clean, _def_line(source_lines(clean), target))
     ns = {"__name__": "program", "__builtins__": builtins}
     try:
@@ -229,9 +231,12 @@ def check(source: str, *, call: str | None = None, entry: str | None = None, fil
         _prepare_script(source, filename)
 
 
-def _prepare_call(source, call, filename):
-    clean, _ = _strip_marker(source)
-    code = _compile(clean, filename)
+def _prepare_call(source, call, filename, code=None):
+    clean, _ = _strip_marker(source)  # (the marker is a comment: the code is the same)
+    if code is None:
+        code = _compile(clean, filename)
+    elif code.co_filename != filename:
+        raise TraceError(f"the code given was compiled as {code.co_filename!r}, not as {filename!r}")
     try:
         expr = ast.parse(call.strip(), mode="eval").body
     except SyntaxError as e:
