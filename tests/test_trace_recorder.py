@@ -488,3 +488,35 @@ def test_a_program_that_reinstalls_the_current_trace_function_stays_traced():
             return x
     """), "f()")
     assert t.status == "ok" and [f.lineno for f in t.frames if f.event == LINE] == [3, 4, 5]
+
+
+def test_a_whole_script_with_keys_that_are_not_names_in_its_namespace():
+    t = trace_script("x = 1\nglobals()[1] = 2\nglobals()[''] = 3\ny = x + 1\n")
+    assert t.status == "ok" and [f.locals for f in t.frames if f.event == LINE][-1] == {"x": "1"}
+
+
+def test_a_class_body_whose_namespace_is_not_a_dict_shows_its_names():
+    t = trace_call(src("""
+        class Namespace:
+            def __init__(self):
+                self.d = {}
+            def __setitem__(self, k, v):
+                self.d[k] = v
+            def __getitem__(self, k):
+                return self.d[k]
+            def keys(self):
+                return self.d.keys()
+        class Meta(type):
+            @classmethod
+            def __prepare__(mcs, name, bases):
+                return Namespace()
+            def __new__(mcs, name, bases, ns):
+                return super().__new__(mcs, name, bases, dict(ns.d))
+        def f():
+            class C(metaclass=Meta):
+                a = 1
+                b = a + 1
+            return C.b
+    """), "f()")
+    body = [f.locals for f in t.frames if f.event == LINE and f.lineno == 19]  # b = a + 1, in the class body
+    assert t.status == "ok" and t.return_value == "2" and body[0]["a"] == "1"

@@ -134,7 +134,7 @@ def make_plan(params: BuildParams) -> Plan:
 
 def _banned(params: BuildParams) -> frozenset[str]:
     """The source keys of the evaluation programs a training build must not contain."""
-    if params.split != "train" or not params.decontaminate or params.kind == "eval":
+    if params.split != "train" or not params.decontaminate or params.kind in ("eval", "code"):
         return frozenset()
     try:
         return evalsets.contamination_keys(tuple(params.decontaminate))

@@ -47,7 +47,7 @@ typedef struct {
     PyObject *check_limits; /* size -> None, or sets the status and raises `stop` */
     PyObject *filename;     /* the program's code objects have this co_filename */
     PyObject *stop;         /* the recorder's stop signal (an exception type) */
-    PyObject *def_lines;    /* dict: code -> def_line(code) */
+    PyObject *def_lines;    /* dict: id(code) -> (code, def_line(code)); by id: hashing a code object is slow */
     Py_ssize_t limit, max_events, max_bytes, unchanged_len;
     double timeout;         /* seconds from the entry's call; 0: none */
     char whole_module;
@@ -256,10 +256,12 @@ track(Tracer *self, PyObject *value, PyObject *seen, int *how)
     return tracked;
 }
 
+/* Not a local to show: a comprehension's iterator argument (.0), or, in a module namespace, a
+ * key that is not a name (globals()[1] = ...). */
 static int
 is_hidden(PyObject *name)
 {
-    return PyUnicode_READ_CHAR(name, 0) == '.'; /* a comprehension's iterator argument (.0) */
+    return !PyUnicode_Check(name) || PyUnicode_GET_LENGTH(name) == 0 || PyUnicode_READ_CHAR(name, 0) == '.';
 }
 
 /* Is this module-level name program structure (a dunder, a def, a class, an import), not state? */
@@ -355,6 +357,21 @@ line_number(Tracer *self, PyFrameObject *frame)
     return lineno;
 }
 
+/* The frame's locals as a dict (a new reference). A class body's namespace may be any mapping
+ * (a metaclass's __prepare__): that one is copied. */
+static PyObject *
+frame_locals(PyFrameObject *frame)
+{
+    PyObject *locals = PyFrame_GetLocals(frame);
+    if (locals == NULL || PyDict_Check(locals))
+        return locals;
+    PyObject *copy = PyDict_New();
+    if (copy != NULL && PyDict_Merge(copy, locals, 1) < 0)
+        Py_CLEAR(copy);
+    Py_DECREF(locals);
+    return copy;
+}
+
 /* A line of the innermost traced frame is about to run: record its locals. */
 static int
 on_line(Tracer *self, PyFrameObject *frame)
@@ -364,7 +381,7 @@ on_line(Tracer *self, PyFrameObject *frame)
     if (lineno < 0)
         return -1;
     Py_ssize_t size = self->fixed[LINE_][lineno];
-    PyObject *locals = PyFrame_GetLocals(frame);
+    PyObject *locals = frame_locals(frame);
     PyObject *texts = PyDict_New(), *rewritten = NULL, *names = NULL;
     int status = -1;
     if (locals == NULL || texts == NULL)
@@ -373,6 +390,8 @@ on_line(Tracer *self, PyFrameObject *frame)
     PyObject *name, *value;
     while (PyDict_Next(locals, &pos, &name, &value)) {
         if (scope->is_module) {
+            if (is_hidden(name))
+                continue;
             int definition = is_definition(self, name, value);
             if (definition < 0)
                 goto done;
@@ -411,18 +430,23 @@ call_line(Tracer *self, PyFrameObject *frame, PyCodeObject *code)
     int lineno = PyFrame_GetLineNumber(frame);
     if (lineno != 0 && lineno != code->co_firstlineno) /* a generator resuming */
         return line_number(self, frame);
-    PyObject *cached = PyDict_GetItemWithError(self->def_lines, (PyObject *)code);
-    if (cached == NULL) {
-        if (PyErr_Occurred())
-            return -1;
-        cached = PyObject_CallOneArg(self->def_line, (PyObject *)code);
-        if (cached == NULL)
-            return -1;
-        int r = PyDict_SetItem(self->def_lines, (PyObject *)code, cached);
-        Py_DECREF(cached); /* the dict holds it */
-        if (r < 0)
-            return -1;
+    PyObject *key = PyLong_FromVoidPtr(code);
+    if (key == NULL)
+        return -1;
+    PyObject *cached = PyDict_GetItemWithError(self->def_lines, key); /* (code, line): the code keeps its id */
+    if (cached == NULL && !PyErr_Occurred()) {
+        PyObject *line = PyObject_CallOneArg(self->def_line, (PyObject *)code);
+        cached = line ? PyTuple_Pack(2, code, line) : NULL;
+        Py_XDECREF(line);
+        if (cached != NULL && PyDict_SetItem(self->def_lines, key, cached) == 0)
+            Py_DECREF(cached); /* the dict holds it */
+        else
+            Py_CLEAR(cached);
     }
+    Py_DECREF(key);
+    if (cached == NULL)
+        return -1;
+    cached = PyTuple_GET_ITEM(cached, 1);
     lineno = (int)PyLong_AsLong(cached);
     if (lineno < 0 || lineno >= self->nlines) {
         if (!PyErr_Occurred())
@@ -452,7 +476,7 @@ on_call(Tracer *self, PyFrameObject *frame, PyCodeObject *code)
         return -1;
     int is_module = self->whole_module && PyUnicode_Compare(code->co_name, MODULE_NAME) == 0;
     Py_ssize_t size = self->fixed[CALL_][lineno], unchanged_nbytes = 0;
-    PyObject *locals = PyFrame_GetLocals(frame);
+    PyObject *locals = frame_locals(frame);
     PyObject *seen_of = PyDict_New(), *texts = PyDict_New();
     int status = -1;
     if (locals == NULL || seen_of == NULL || texts == NULL)

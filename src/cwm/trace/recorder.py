@@ -104,10 +104,10 @@ class _Recorder:
         tracer = Tracer(
             frames=self.frames, source_of=[""] + self.lines, fixed=fixed, frame_type=Frame,
             track=self.values.track, render=self.values.render, definitions=_DEFINITIONS,
-            is_entry=self.is_entry, def_line=functools.partial(_def_line, self.lines), check_limits=check_limits, filename=self.filename,
-            stop=_Stop, limit=self.values.limit, max_events=self.max_events, max_bytes=self.max_bytes,
-            unchanged_len=_UNCHANGED_NBYTES, nbytes=self.prompt_nbytes, timeout=self.timeout or 0.0,
-            whole_module=self.whole_module,
+            is_entry=self.is_entry, def_line=functools.partial(_def_line, self.lines),
+            check_limits=check_limits, filename=self.filename, stop=_Stop, limit=self.values.limit,
+            max_events=self.max_events, max_bytes=self.max_bytes, unchanged_len=_UNCHANGED_NBYTES,
+            nbytes=self.prompt_nbytes, timeout=self.timeout or 0.0, whole_module=self.whole_module,
         )  # fmt: skip
         return tracer
 
