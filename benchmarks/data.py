@@ -60,10 +60,10 @@ def main() -> None:
     print(f"{args.n} synthetic programs, {args.repeats} repeats, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
     generate(0, args.n)  # warm: the first import costs are not the build's
     times = {"naive": [], "1 worker": [], "2 workers": []}
-    for _ in range(args.repeats):
+    for repeat in range(args.repeats):
         times["naive"].append(timed_naive(args.n))
-        times["1 worker"].append(timed_build(args.n, 1))
-        times["2 workers"].append(timed_build(args.n, 2))
+        for workers in (1, 2) if repeat % 2 == 0 else (2, 1):  # alternated: neither always runs first
+            times["1 worker" if workers == 1 else "2 workers"].append(timed_build(args.n, workers))
     median = {k: statistics.median(v) for k, v in times.items()}
     for name, seconds in median.items():
         print(f"{name:>10}: median {1000 * seconds / args.n:.1f} ms per program")
