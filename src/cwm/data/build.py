@@ -454,7 +454,7 @@ def build(out: str | os.PathLike, params: BuildParams, workers: int = 1, ray: st
             if manifest["kind"] == "code":
                 _write_code_shards(out, manifest, plan, params, advance)
             else:
-                runner = _run_ray(ray_module, ray, workers) if ray is not None else _run_local(pool)
+                runner = _run_ray(ray_module, ray, workers) if ray is not None else _run_local(pool, workers)
                 _Shards(out, manifest, params, plan).fill(runner, advance)
     return manifest
 
@@ -579,7 +579,7 @@ def _code_record(index: int, path: str, text: str) -> dict:
     return {"index": index, "id": content_id(text), "path": path, "text": text, "num_bytes": len(text.encode())}
 
 
-def _run_local(pool):
+def _run_local(pool, workers: int):
     """Tasks in this process (no pool: 1 worker, in order) or in the pool of warm worker processes;
     yields (task, result) as each finishes."""
 
@@ -592,7 +592,7 @@ def _run_local(pool):
 
         queue, running = list(reversed(tasks)), {}
         while queue or running:
-            while queue and len(running) < 4 * pool._max_workers:  # a bounded window keeps memory flat
+            while queue and len(running) < 4 * workers:  # a bounded window keeps memory flat
                 task = queue.pop()
                 running[pool.submit(run_task, task, params)] = task
             finished, _ = wait(running, return_when=FIRST_COMPLETED)

@@ -190,10 +190,9 @@ class ValueRenderer:
     def track(self, value, seen: tuple | None) -> tuple[tuple, int]:
         """Render a local whose scope last remembered it as `seen` (None: new); say how it changed.
 
-        Returns (what to remember, SAME | CHANGED | REWRITTEN). Callers first try the free case
-        themselves (the C tracer, _ctrace.c): `seen[0] is value` and, if `seen[1]` is a snapshot, the value
-        still holds its very items (same_items there) means
-        SAME, with the text `seen[2]`.
+        Returns (what to remember, SAME | CHANGED | REWRITTEN). The caller (the C tracer,
+        _ctrace.c) first tries the free case itself: `seen[0] is value` and, if `seen[1]` is a
+        snapshot, the value still holds its very items means SAME, with the text `seen[2]`.
         """
         t = type(value)
         if t in QUICK or (t is int and -QUICK_INT < value < QUICK_INT) or (t is str and len(value) <= self.limit):
