@@ -100,17 +100,19 @@ def test_a_rerun_with_other_parameters_is_refused(synth_build):
     assert {p.name: p.stat().st_mtime_ns for p in synth_build.glob("shard-*")} == before
 
 
-def _cli_build(out, n):
+def _cli_build(out, n, workers=1):
     return [sys.executable, "-m", "cwm", "data", "build", "--source", "synth", "--n", str(n), "--out", str(out),
-            "--shard-size", "4", "--max-events", "2000", "--timeout", "3", "--decontaminate", "none", "--quiet"]
+            "--shard-size", "4", "--max-events", "2000", "--timeout", "3", "--decontaminate", "none", "--quiet",
+            "--workers", str(workers)]
 
 
-def test_kill_minus_9_then_rerun_gives_exactly_the_uninterrupted_records(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_kill_minus_9_then_rerun_gives_exactly_the_uninterrupted_records(tmp_path, workers):
     n = 60
     reference = tmp_path / "reference"
     build(reference, BuildParams(source="synth", n=n, seed=0, shard_size=4, max_events=2000, timeout=3.0, decontaminate=()), progress=False)
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_cli_build(out, n), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(_cli_build(out, n, workers), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     manifest = out / "manifest.json"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
