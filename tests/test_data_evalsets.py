@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cwm.data.build import BuildParams, make_plan
-from cwm.data.evalsets import EvaluationOnlyError, evaluation_programs, normalize_source, source_key
+from cwm.data.evalsets import EvaluationOnlyError, evaluation_programs, function_shape, normalize_source, source_key
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CRUXEVAL = SHARED / "data" / "cruxeval" / "cruxeval.jsonl"
@@ -22,6 +22,22 @@ def test_normalisation_ignores_names_comments_docstrings_and_layout():
     assert normalize_source(a) == normalize_source(b)
     assert source_key(a) == source_key(b) != source_key(c)
     assert normalize_source("def f(:") is None
+
+
+@needs_cruxeval
+def test_normalising_keeps_the_function_shape_that_rules_programs_out_early():
+    from cwm.data.synth import generate_compiled
+
+    shape = lambda source: function_shape(compile(source, "<p>", "exec"))  # noqa: E731
+    programs = evaluation_programs("cruxeval", CRUXEVAL)
+    assert all(shape(normalize_source(p.source)) == shape(p.source) for p in programs)
+    renamed = programs[0].source.replace("def f(nums)", "def tally(values)").replace("nums", "values")
+    assert shape(renamed) == shape(programs[0].source)
+    assert shape("def f(a, *, b=1):\n    g = lambda x: x\n    def h(c):\n        return c\n    return h\n") == (1, 2)
+    # most synthetic programs are ruled out by their shape alone
+    shapes = {shape(p.source) for p in programs}
+    ruled_out = sum(function_shape(generate_compiled(0, i)[1]) not in shapes for i in range(100))
+    assert ruled_out > 50
 
 
 @needs_cruxeval

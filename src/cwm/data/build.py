@@ -142,6 +142,16 @@ def _banned(params: BuildParams) -> frozenset[str]:
         raise BuildError(f"cannot decontaminate against {', '.join(params.decontaminate)}: {e} (or pass --decontaminate none)") from None
 
 
+def _evaluation_test(params: BuildParams):
+    """(program, its compiled code) -> is it an evaluation program? None when nothing is banned.
+    The shapes of its functions rule most programs out before the costly normalised source."""
+    banned = _banned(params)
+    if not banned:
+        return None
+    shapes = evalsets.contamination_shapes(tuple(params.decontaminate))
+    return lambda program, code: evalsets.function_shape(code) in shapes and evalsets.source_key(program.source) in banned
+
+
 def _dedup(stream, params: BuildParams, key, contaminated) -> Plan:
     """The stream's items in order, without duplicates and contaminated ones, up to n."""
     plan = Plan()
@@ -240,8 +250,8 @@ def run_task(task: Task, params: BuildParams):
         made = [synth.generate_compiled(params.seed, i, knobs=knobs) for i in range(task.start, task.stop)]
         programs = [program for program, _ in made]
         codes = {i: code for i, (_, code) in enumerate(made, start=task.start)}
-    banned = _banned(params) if params.kind == "synth" else ()  # a listed source's plan is clean already
-    keys = [(content_id(p.source, p.call), bool(banned) and evalsets.source_key(p.source) in banned) for p in programs]
+    is_evaluation = _evaluation_test(params) if codes else None  # a listed source's plan is clean already
+    keys = [(content_id(p.source, p.call), is_evaluation is not None and is_evaluation(p, codes[i])) for i, p in enumerate(programs, start=task.start)]
     clean = [(task.start + k, p) for k, (p, (_, bad)) in enumerate(zip(programs, keys)) if not bad]
     if not clean:
         return keys, schema("traces").empty_table()
@@ -432,10 +442,11 @@ def build(out: str | os.PathLike, params: BuildParams, workers: int = 1, ray: st
     if workers < 1:
         raise BuildError("--workers must be at least 1")
     ray_module = _import_ray() if ray is not None else None  # fail before any work
-    # Imported (and the evaluation keys loaded) before the pool forks: every worker starts with them.
+    # Imported (and the evaluation sets' keys loaded) before the pool forks: every worker starts with them.
     import cwm.trace.sandbox  # noqa: F401
 
-    _banned(params)
+    if params.kind == "synth":
+        _evaluation_test(params)
     plan = None if params.kind == "synth" else make_plan(params)
     num_records = params.n if plan is None else len(plan.items)
     out.mkdir(parents=True, exist_ok=True)
