@@ -28,7 +28,6 @@ pays for a fresh interpreter. Ray (`ray=ADDRESS`) runs the same tasks as Ray tas
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import os
@@ -496,7 +495,7 @@ class _Shards:
                     task, (keys, table) = waiting.pop(start)
                     advance(self._take(task, keys, table))
                     start = task.stop
-        if self.filling or not self.manifest["complete"]:
+        if not self.manifest["complete"]:  # every shard was there already: count them
             self._finish()
 
     def _tasks(self) -> list[Task]:
