@@ -161,7 +161,7 @@ def f(x):  # << START_OF_TRACE
 <|frame_sep|><|call_sep|>{"a": "3", "b": "2"}<|action_sep|>def g(a, b):
 <|frame_sep|><|line_sep|>{"a": "..", "b": ".."}<|action_sep|>    return a * b
 <|frame_sep|><|return_sep|><|action_sep|>    return a * b
-<|arg_sep|>"6"<|frame_sep|><|line_sep|>{"x": "..", "y": "6"}<|action_sep|>    return y
+<|arg_sep|>"6"<|frame_sep|><|line_sep|>{"x": "3", "y": "6"}<|action_sep|>    return y
 <|frame_sep|><|return_sep|><|action_sep|>    return y
 <|arg_sep|>"6"<|frame_sep|><|end_of_text|>"""
 

@@ -21,7 +21,7 @@ SPEC_TEXT = (
     '<|frame_sep|><|call_sep|>{"a": "3", "b": "2"}<|action_sep|>def g(a, b):\n'
     '<|frame_sep|><|line_sep|>{"a": "..", "b": ".."}<|action_sep|>    return a * b\n'
     '<|frame_sep|><|return_sep|><|action_sep|>    return a * b\n'
-    '<|arg_sep|>"6"<|frame_sep|><|line_sep|>{"x": "..", "y": "6"}<|action_sep|>    return y\n'
+    '<|arg_sep|>"6"<|frame_sep|><|line_sep|>{"x": "3", "y": "6"}<|action_sep|>    return y\n'
     '<|frame_sep|><|return_sep|><|action_sep|>    return y\n'
     '<|arg_sep|>"6"<|frame_sep|><|end_of_text|>'
 )
@@ -51,7 +51,9 @@ def test_one_frame_at_a_time_rendering_joins_to_the_whole_text():
     trace = trace_call(SPEC_PROGRAM, "f(3)")
     text = prompt_text(trace.source) + "".join(frame_text(f, trace.frames[:i]) for i, f in enumerate(trace.frames))
     assert text + "<|end_of_text|>" == SPEC_TEXT
-    assert frame_pieces(trace.frames[5], trace.frames[:5])[1] == ('{"x": "..", "y": "6"}', False)
+    assert frame_pieces(trace.frames[3], trace.frames[:3])[1] == ('{"a": "..", "b": ".."}', False)
+    # after g returned, f's next line is written in full: the release's reader stops at a return
+    assert frame_pieces(trace.frames[5], trace.frames[:5])[1] == ('{"x": "3", "y": "6"}', False)
 
 
 def test_parser_resolves_dots_by_scope_and_reports_malformed_output():
@@ -63,7 +65,7 @@ def test_parser_resolves_dots_by_scope_and_reports_malformed_output():
     broken = parse_cwm_text(SPEC_TEXT[:cut])  # model output that stopped inside a frame's locals
     assert len(broken.frames) == 3 and broken.problem.frame_index == 3
     assert "not JSON" in broken.error and broken.problem.offset == cut - 8
-    unknown = parse_cwm_text(SPEC_TEXT.replace('{"x": "..", "y": "6"}', '{"z": "..", "y": "6"}'))
+    unknown = parse_cwm_text(SPEC_TEXT.replace('{"x": "3", "y": "6"}', '{"z": "..", "y": "6"}'))
     assert "'z' is \"..\" but has no earlier value" in unknown.error and len(unknown.frames) == 5
     try:
         unknown.to_trace()
@@ -142,3 +144,60 @@ def test_trace_to_text_to_trace_round_trips(trace):
 def test_trace_to_json_to_trace_round_trips(trace, status):
     trace.status = status
     assert from_json(to_json(trace)) == trace
+
+
+def _release_reader_locals(pieces: list[tuple[str, bool]]) -> list[dict[str, str] | None]:
+    """Each frame's locals as the release's demo (demos/cwmdbg.py) resolves `".."`: walk back
+    frame by frame, take the first value that is not `".."`, stop at a call or return frame.
+    None where it cannot resolve a name."""
+    import json
+
+    frames: list[tuple[str, dict]] = []  # (event separator, written locals)
+    text = [t for t, _ in pieces]
+    for i, (t, special) in enumerate(pieces):
+        if special and t in ("<|call_sep|>", "<|line_sep|>"):
+            frames.append((t, json.loads(text[i + 1])))
+        elif special and t in ("<|return_sep|>", "<|exception_sep|>"):
+            frames.append((t, {}))
+    resolved = []
+    for i, (sep, written) in enumerate(frames):
+        if sep not in ("<|call_sep|>", "<|line_sep|>"):
+            resolved.append({})
+            continue
+        out = dict(written)
+        for k, v in written.items():
+            j = i - 1
+            while v == ".." and j >= 0:
+                v = frames[j][1].get(k, "..")
+                if frames[j][0] in ("<|call_sep|>", "<|return_sep|>"):
+                    break
+                j -= 1
+            out[k] = v
+        resolved.append(None if ".." in out.values() else out)
+    return resolved
+
+
+def test_the_release_reader_resolves_every_frame():
+    """CWM_SPEC §5: the release's reader stops its walk for `".."` at a call or return frame,
+    so every frame we write must resolve within that walk (nested calls, exceptions raised
+    through callees, generators, comprehensions)."""
+    from cwm.data import synth
+
+    programs = [(p.source, p.call) for p in synth.generate(3, 60)]
+    programs += [
+        ("def g(n):\n    if n < 0:\n        raise ValueError(n)\n    return n * 2\n\n"
+         "def f(xs):\n    total = 0\n    for x in xs:\n        try:\n            total += g(x)\n"
+         "        except ValueError:\n            total -= 1\n    return total\n", "f([1, -2, 3])"),
+        ("def gen(n):\n    for i in range(n):\n        yield i * i\n\n"
+         "def f(n):\n    out = [v + 1 for v in gen(n)]\n    return sum(out)\n", "f(4)"),
+        (Path(__file__).resolve().parents[1].joinpath("examples", "collatz.py").read_text(), "collatz_steps(6)"),
+    ]
+    checked = 0
+    for source, call in programs:
+        trace = trace_call(source, call)
+        resolved = _release_reader_locals(to_cwm_pieces(trace))
+        for frame, got in zip(trace.frames, resolved):
+            if frame.event in (CALL, LINE):
+                assert got == frame.locals, (call, frame)
+                checked += 1
+    assert checked > 500

@@ -520,3 +520,18 @@ def test_a_class_body_whose_namespace_is_not_a_dict_shows_its_names():
     """), "f()")
     body = [f.locals for f in t.frames if f.event == LINE and f.lineno == 19]  # b = a + 1, in the class body
     assert t.status == "ok" and t.return_value == "2" and body[0]["a"] == "1"
+
+
+@pytest.mark.parametrize("program, call", [
+    ("def g(a, b):\n    return a * b\n\ndef f(x):\n    y = g(x, 2)\n    z = [g(i, y) for i in range(x)]\n    return y, z\n", "f(3)"),
+    ("def g(n):\n    if n < 0:\n        raise ValueError(n)\n    return 'v' * n\n\n"
+     "def f(xs):\n    out = []\n    for x in xs:\n        try:\n            out.append(g(x))\n"
+     "        except ValueError:\n            out.append(None)\n    return out\n", "f([1, -2, 3])"),
+])
+def test_size_accounting_is_exact_when_callees_return(program, call):
+    """The first line frame after a return is written in full (the `".."` rule): the C tracer's
+    byte count must follow it exactly."""
+    full = trace_call(program, call)
+    total = len(to_cwm_text(full).encode())
+    assert trace_call(program, call, max_bytes=total).status == "ok"
+    assert trace_call(program, call, max_bytes=total - 1).status == "size_limit"

@@ -55,6 +55,7 @@ typedef struct {
     double deadline;        /* time.monotonic() past which the trace stops; 0: none */
     Py_ssize_t nbytes;      /* of the trace text so far */
     char started, completed, done;
+    char after_return;      /* the last frame was a return: the next line frame is written in full */
     PyObject *failure;      /* the exception that ended recording, or NULL */
     Scope *scopes;
     Py_ssize_t nscopes, capacity;
@@ -279,15 +280,18 @@ is_definition(Tracer *self, PyObject *name, PyObject *value)
  * when it is written in full. */
 static int
 line_local(Tracer *self, Scope *scope, PyObject *texts, PyObject *name, PyObject *value, Py_ssize_t *size,
-           PyObject **rewritten)
+           PyObject **rewritten, int full)
 {
     PyObject *seen = PyDict_GetItemWithError(scope->seen_of, name);
     if (seen == NULL && PyErr_Occurred())
         return -1;
     if (seen != NULL) {
         PyObject *items = PyTuple_GET_ITEM(seen, 1);
-        if (PyTuple_GET_ITEM(seen, 0) == value && (items == Py_None || same_items(value, items)))
+        if (PyTuple_GET_ITEM(seen, 0) == value && (items == Py_None || same_items(value, items))) {
+            if (full) /* unchanged, but written in full */
+                *size += PyLong_AsSsize_t(PyTuple_GET_ITEM(seen, 3)) - self->unchanged_len;
             return PyDict_SetItem(texts, name, PyTuple_GET_ITEM(seen, 2)); /* unchanged: ".." */
+        }
     }
     else if (is_hidden(name))
         return 0;
@@ -304,7 +308,7 @@ line_local(Tracer *self, Scope *scope, PyObject *texts, PyObject *name, PyObject
     int status = -1;
     if (PyDict_SetItem(scope->seen_of, name, tracked) < 0 || PyDict_SetItem(texts, name, PyTuple_GET_ITEM(tracked, 2)) < 0)
         goto done;
-    if (how != SAME)
+    if (how != SAME || full)
         *size += PyLong_AsSsize_t(PyTuple_GET_ITEM(tracked, 3)) - self->unchanged_len;
     if (how == REWRITTEN) {
         if (*rewritten == NULL && (*rewritten = PyList_New(0)) == NULL)
@@ -400,7 +404,7 @@ on_line(Tracer *self, PyFrameObject *frame)
         }
         Py_INCREF(name); /* user code (a __repr__) may change the locals dict under us */
         Py_INCREF(value);
-        int r = line_local(self, scope, texts, name, value, &size, &rewritten);
+        int r = line_local(self, scope, texts, name, value, &size, &rewritten, self->after_return);
         Py_DECREF(name);
         Py_DECREF(value);
         if (r < 0)
@@ -414,6 +418,8 @@ on_line(Tracer *self, PyFrameObject *frame)
     names = rewritten ? PyList_AsTuple(rewritten) : Py_NewRef(EMPTY_TUPLE);
     if (names != NULL)
         status = record(self, LINE_, lineno, texts, Py_None, names, size);
+    if (status == 0)
+        self->after_return = 0;
 done:
     Py_XDECREF(locals);
     Py_XDECREF(texts);
@@ -529,6 +535,8 @@ on_call(Tracer *self, PyFrameObject *frame, PyCodeObject *code)
     scope->unchanged_nbytes = unchanged_nbytes;
     scope->is_module = is_module;
     status = record(self, CALL_, lineno, texts, Py_None, EMPTY_TUPLE, size);
+    if (status == 0)
+        self->after_return = 0;
 done:
     Py_XDECREF(locals);
     Py_XDECREF(seen_of);
@@ -577,6 +585,7 @@ on_leave(Tracer *self, PyFrameObject *frame, int event, PyObject *value)
     int status = check_limits(self, size) < 0 ? -1 : record(self, event, lineno, Py_None, text, EMPTY_TUPLE, size);
     Py_DECREF(text);
     if (status == 0 && event == RETURN_) {
+        self->after_return = 1; /* the release's reader stops its walk for ".." at a return frame */
         pop_scope(self);
         if (self->nscopes == 0) { /* the entry scope is left: the trace is complete */
             self->done = self->completed = 1;

@@ -8,7 +8,8 @@ and resolved when parsing. The rules (docs/trace-format.md):
   return, its resumption a new call); `line` and `exception` happen inside the open one;
 - a call frame writes every local in full; a line frame writes `".."` for a local whose text
   equals the previous frame of its scope, unless the recorder saw the value change in a part
-  its truncated text does not show (`Frame.rewritten`);
+  its truncated text does not show (`Frame.rewritten`), or the frame before it was a return
+  frame (then every local is written in full: the release's reader cannot look past a return);
 - `<|end_of_text|>` follows the last frame once the entry scope has been left.
 """
 
@@ -126,23 +127,33 @@ def _frame_pieces(frame: Frame, written: dict[str, str] | None) -> list[tuple[st
 
 
 class _Scopes:
-    """The stack of open scopes' latest full locals, replayed frame by frame."""
+    """The stack of open scopes' latest full locals, replayed frame by frame.
+
+    The release's reader resolves `".."` by walking back and stops at the first call or return
+    frame, so the first line frame after a return frame (a callee came back) is written in full.
+    """
 
     def __init__(self) -> None:
         self.stack: list[dict[str, str]] = []
+        self.after_return = False
 
     def written(self, frame: Frame) -> dict[str, str] | None:
         """Advance past `frame`; return its locals as written (None for return/exception)."""
         if frame.event == CALL:
             self.stack.append(frame.locals or {})
+            self.after_return = False
             return dict(frame.locals or {})
         if frame.event == LINE:
-            written = written_locals(frame, self.stack[-1] if self.stack else None)
+            previous = None if self.after_return or not self.stack else self.stack[-1]
+            written = written_locals(frame, previous)
             if self.stack:
                 self.stack[-1] = frame.locals or {}
+            self.after_return = False
             return written
-        if frame.event == RETURN and self.stack:
-            self.stack.pop()
+        if frame.event == RETURN:
+            self.after_return = True
+            if self.stack:
+                self.stack.pop()
         return None
 
 
