@@ -246,3 +246,31 @@ def test_resume_after_sigkill_gives_the_uninterrupted_losses(code_data, tmp_path
     assert steps == list(range(1, 151))  # each step once: records past the checkpoint were dropped
     expected, got = losses(tmp_path / "whole"), losses(tmp_path / "killed")
     assert max(abs(expected[s] - got[s]) for s in expected) <= 1e-6
+
+
+class _Payload:
+    """An object whose unpickling would run code: here, create a file named `marker`."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_resume_reads_the_state_as_plain_data_and_refuses_a_pickled_object(code_data, tmp_path):
+    cfg = config(code_data, tmp_path / "run", "train.max_steps=2", "checkpoint.every=1", "log.tensorboard=false")
+    Trainer(cfg).train()
+    state_file = step_checkpoints(tmp_path / "run")[-1][1] / "trainer_state.pt"
+    state = torch.load(state_file, weights_only=True)  # what was saved is plain data
+    assert state["step"] >= 1 and set(state) == {"step", "optimizer", "scheduler", "data", "rng"}
+
+    marker = tmp_path / "payload-ran"
+    torch.save(state | {"data": _Payload(marker)}, state_file)
+    cfg_path = tmp_path / "run.toml"
+    cfg_path.write_text((tmp_path / "run/config.toml").read_text())
+    resumed = subprocess.run(_cli(cfg_path, tmp_path / "run", "--resume"), capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 2, resumed.stderr
+    assert "refused" in resumed.stderr and "trainer_state.pt" in resumed.stderr
+    assert "Traceback" not in resumed.stderr and len(resumed.stderr.strip().splitlines()) == 1
+    assert not marker.exists()  # the object was never built

@@ -3,6 +3,8 @@
     RUN/checkpoints/step_00000100/
         config.json, model*.safetensors     cwm.model.save_pretrained (loads in transformers too)
         trainer_state.pt                    optimizer, scheduler, data position, RNG states, step
+                                            (plain data only: tensors, numbers, strings, lists,
+                                            dicts; read back with torch.load(weights_only=True))
     RUN/final/                              the same, written when the run ends
 
 A checkpoint is built under `NAME.tmp`, every file fsynced, then renamed into place, so a run killed
@@ -37,8 +39,16 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
+class CheckpointStateError(ValueError):
+    """A trainer_state.pt that cannot be read safely (not plain data) or is damaged."""
+
+
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator's state as plain data (numpy's key array as a tensor), so that the state
+    file loads with weights_only=True."""
+    numpy = np.random.get_state(legacy=False)
+    numpy["state"] = {"key": torch.from_numpy(numpy["state"]["key"].astype(np.int64)), "pos": int(numpy["state"]["pos"])}
+    state = {"python": random.getstate(), "numpy": numpy, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -46,7 +56,9 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy = dict(state["numpy"])
+    numpy["state"] = {"key": state["numpy"]["state"]["key"].numpy().astype(np.uint32), "pos": state["numpy"]["state"]["pos"]}
+    np.random.set_state(numpy)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -107,13 +119,33 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, sampler, info: Dist
     path = Path(path)
     weights = load_pretrained(path, device="cpu").state_dict()
     set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
-    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    state = read_state(path / STATE_FILE)
     set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
     scheduler.load_state_dict(state["scheduler"])
     sampler.load_state_dict(state["data"])
     rng = state["rng"]
     set_rng_state(rng[info.rank] if len(rng) == info.world_size else rng[0])
     return int(state["step"])
+
+
+def read_state(file: Path) -> dict:
+    """trainer_state.pt, unpickling only plain data (weights_only=True): a file that carries any
+    other object (code that would run on load) is refused, never executed."""
+    import pickle
+
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        detail = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+        raise CheckpointStateError(
+            f"{file}: refused: it holds objects other than plain data ({detail}); "
+            "only load checkpoints you made, or start the run again without --resume"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointStateError(f"{file}: damaged or not a trainer state ({e}); resume from another checkpoint") from None
+    if not isinstance(state, dict) or not {"step", "optimizer", "scheduler", "data", "rng"} <= state.keys():
+        raise CheckpointStateError(f"{file}: not a trainer state (expected step, optimizer, scheduler, data and rng)")
+    return state
 
 
 def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:

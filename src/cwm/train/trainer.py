@@ -178,6 +178,8 @@ class Trainer:
                 self.step = ckpt.load_checkpoint(
                     resume_from, self.model, self.optimizer, self.scheduler, self.sampler, self.info
                 )
+            except ckpt.CheckpointStateError as e:  # unsafe or damaged state file: its own message
+                raise ConfigError(f"--resume: {e}") from None
             except (ValueError, RuntimeError, KeyError) as e:
                 first = str(e).strip().splitlines()[0]
                 raise ConfigError(f"--resume: {resume_from} does not fit this config: {first}") from None
