@@ -158,3 +158,21 @@ def test_trace_documents_come_from_the_pieces_and_learn_the_frames(tok, tmp_path
     data = PackedDataset(tmp_path / "p")
     text = tok.decode(np.concatenate([data[i]["tokens"] for i in range(len(data))]).tolist())
     assert all(row["cwm_text"] in text for row in rows)
+
+
+def test_whole_docs_are_never_split_and_longer_ones_are_dropped(tok, code_dir, tmp_path):
+    meta = pack([PackInput("code", code_dir)], tok, tmp_path / "p", seq_len=1024, seed=1, whole_docs=True)
+    data = PackedDataset(tmp_path / "p")
+    kept = 0
+    for r in range(len(data)):
+        row, ids = data[r]["tokens"], data[r]["doc_ids"]
+        for d in np.unique(ids):
+            doc = row[ids == d]
+            if doc[0] == tok.pad_id:  # the padded room at the end of a row
+                assert np.all(doc == tok.pad_id) and np.all(data[r]["loss_mask"][ids == d] == 0)
+                continue
+            assert doc[0] == tok.bos_id and doc[-1] == tok.eos_id  # whole: starts and ends in this row
+            kept += 1
+    lengths = [len(tok.encode(p.source)) + 2 for p in generate(seed=7, n=60)]
+    assert meta["dropped_longer_than_a_row"] == sum(n > 1024 for n in lengths) > 0
+    assert kept == sum(n <= 1024 for n in lengths)

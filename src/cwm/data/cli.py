@@ -21,8 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--max-events", type=int, default=10_000, help="drop traces with more events (default 10000)")
     build.add_argument("--max-bytes", type=int, default=1_000_000, help="drop traces larger than this (default 1 MB)")
     build.add_argument("--timeout", type=float, default=10.0, help="wall-clock seconds per program (default 10)")
-    build.add_argument("--decontaminate", default="cruxeval",
-                       help="evaluation sets whose programs a train build drops (comma-separated, or none)")
+    build.add_argument("--decontaminate", default="cruxeval,humaneval",
+                       help="evaluation sets whose programs a train build drops: cruxeval, humaneval, "
+                       "a comma list, or none (default cruxeval,humaneval)")
     build.add_argument("--ray", metavar="ADDRESS", default=None, help="run as Ray tasks ('local' starts a local Ray)")
     build.add_argument("--quiet", action="store_true", help="no progress bar or statistics")
 
@@ -36,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pack.add_argument("--seed", type=int, default=0)
     pack.add_argument("--trace-loss", choices=("frames", "all"), default="frames",
                       help="frames: learn the frames, not the source context (default); all: every token")
+    pack.add_argument("--whole-docs", action="store_true",
+                      help="never split a document across rows: it starts a new row, and one longer than a row is dropped")
 
     stats = verbs.add_parser("stats", help="statistics of a built dataset")
     stats.add_argument("dataset", help="dataset directory")
@@ -54,10 +57,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _build(args) -> int:
-    from cwm.data.build import BuildParams, build
+    from cwm.data.build import BuildError, BuildParams, build
+    from cwm.data.evalsets import parse_sets
     from cwm.data.stats import dataset_stats, print_stats
 
-    sets = tuple(s for s in args.decontaminate.split(",") if s and s != "none")
+    try:
+        sets = parse_sets(args.decontaminate)
+    except ValueError as e:
+        raise BuildError(str(e)) from None
     params = BuildParams(
         source=args.source, n=args.n, seed=args.seed, split=args.split, shard_size=args.shard_size,
         max_events=args.max_events, max_bytes=args.max_bytes, timeout=args.timeout, decontaminate=sets,
@@ -78,9 +85,11 @@ def _pack(args) -> int:
         print(f"cwm data pack: {e}", file=sys.stderr)
         return 2
     inputs = [PackInput.parse(spec) for spec in args.input]
-    meta = pack(inputs, tok, args.out, seq_len=args.seq_len, seed=args.seed, max_tokens=args.max_tokens, loss=args.trace_loss)
+    meta = pack(inputs, tok, args.out, seq_len=args.seq_len, seed=args.seed, max_tokens=args.max_tokens, loss=args.trace_loss,
+                whole_docs=args.whole_docs)
     shares = ", ".join(f"{name} {tokens} tokens" for name, tokens in meta["tokens"].items())
-    print(f"packed {meta['num_sequences']} sequences of {meta['seq_len']} tokens into {args.out} ({shares})")
+    dropped = f"; {meta['dropped_longer_than_a_row']} documents longer than a row dropped" if args.whole_docs else ""
+    print(f"packed {meta['num_sequences']} sequences of {meta['seq_len']} tokens into {args.out} ({shares}{dropped})")
     return 0
 
 

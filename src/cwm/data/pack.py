@@ -14,7 +14,8 @@ of {"messages": [...]}. Every document becomes (ids, loss_mask):
 Mixture: documents are drawn so that each input's share of tokens follows its weight (the input
 furthest below its share goes next); packing stops when an input runs out, so the shares hold,
 or at max_tokens. Documents are concatenated into rows of seq_len; one that does not fit
-continues in the next row; doc_ids number the documents inside each row (for document-causal
+continues in the next row (with whole_docs: starts the next row, and one longer than a row is
+dropped); doc_ids number the documents inside each row (for document-causal
 masking); the last row is padded with <|pad|> (not learned, a document of its own).
 """
 
@@ -135,6 +136,7 @@ def pack(
     seed: int = 0,
     max_tokens: int | None = None,
     loss: str = "frames",
+    whole_docs: bool = False,
 ) -> dict:
     """Pack the inputs into `out` (a cwm-packed-v1 directory); returns its meta."""
     if not inputs:
@@ -149,8 +151,9 @@ def pack(
     weights = [i.weight / sum(i.weight for i in inputs) for i in inputs]
     taken = [0] * len(inputs)
     docs = [0] * len(inputs)
-    rows = _Rows(seq_len, tok.pad_id)
-    meta = {"inputs": [{"name": i.name, "path": str(i.path), "weight": i.weight} for i in inputs], "seed": seed, "trace_loss": loss}
+    rows = _Rows(seq_len, tok.pad_id, whole_docs)
+    meta = {"inputs": [{"name": i.name, "path": str(i.path), "weight": i.weight} for i in inputs], "seed": seed,
+            "trace_loss": loss, "whole_docs": whole_docs}
     with PackedWriter(out, seq_len, tok.vocab_size, **meta) as writer:
         while max_tokens is None or sum(taken) < max_tokens:
             # The input furthest below its share of the tokens so far goes next.
@@ -166,19 +169,33 @@ def pack(
         for row in rows.flush():
             writer.add(*row)
         tok.save(writer.tmp)  # the dataset carries its tokenizer; training copies it into checkpoints
-        writer.extra_meta.update(tokens={i.name: t for i, t in zip(inputs, taken)}, documents={i.name: d for i, d in zip(inputs, docs)})
+        writer.extra_meta.update(tokens={i.name: t for i, t in zip(inputs, taken)}, documents={i.name: d for i, d in zip(inputs, docs)},
+                                 dropped_longer_than_a_row=rows.dropped)
     return json.loads((Path(out) / "meta.json").read_text())
 
 
 class _Rows:
-    """Fills rows of seq_len tokens; yields (tokens, doc_ids, loss_mask) per full row."""
+    """Fills rows of seq_len tokens; yields (tokens, doc_ids, loss_mask) per full row.
 
-    def __init__(self, seq_len: int, pad_id: int):
-        self.seq_len, self.pad_id = seq_len, pad_id
+    whole: a document is never split across rows (a trace cut from its source context teaches
+    frames the model cannot read off the code): one that does not fit the row's room starts the
+    next row (the room is padded), and one longer than a row is dropped (counted in `dropped`).
+    """
+
+    def __init__(self, seq_len: int, pad_id: int, whole: bool = False):
+        self.seq_len, self.pad_id, self.whole = seq_len, pad_id, whole
         self.tokens, self.doc_ids, self.mask = [], [], []
         self.doc = 0  # the id of the next document in this row
+        self.dropped = 0
 
     def add(self, ids: list[int], mask: list[int]):
+        if self.whole:
+            if len(ids) > self.seq_len:
+                self.dropped += 1
+                return
+            if len(ids) > self.seq_len - len(self.tokens):
+                yield from self.flush()
+                self.tokens, self.doc_ids, self.mask, self.doc = [], [], [], 0
         while ids:
             room = self.seq_len - len(self.tokens)
             self.tokens += ids[:room]
