@@ -274,3 +274,18 @@ def test_resume_reads_the_state_as_plain_data_and_refuses_a_pickled_object(code_
     assert "refused" in resumed.stderr and "trainer_state.pt" in resumed.stderr
     assert "Traceback" not in resumed.stderr and len(resumed.stderr.strip().splitlines()) == 1
     assert not marker.exists()  # the object was never built
+
+
+def test_train_threads_sets_torchs_cpu_threads(code_data, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        Trainer(config(code_data, tmp_path / "run", "train.threads=1"))
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        Trainer(config(code_data, tmp_path / "run0", "train.threads=0"))  # 0 keeps torch's setting
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ConfigError, match="train.threads"):
+        config(code_data, tmp_path / "bad", "train.threads=-1")

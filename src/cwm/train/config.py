@@ -69,6 +69,7 @@ class TrainSection:
     parallel: str = "fsdp"  # under torchrun: "fsdp" (FSDP2, sharded) or "ddp"
     activation_checkpointing: bool = False  # recompute each block in backward
     compile: bool = False  # torch.compile each block
+    threads: int = 0  # CPU threads for torch (torch.set_num_threads); 0 = torch's default (all cores)
     plan_world_size: int = 1  # GPUs assumed by the --dry-run plan (the real run uses torchrun's)
 
 
@@ -207,6 +208,7 @@ def check_config(cfg: TrainConfig) -> None:
     need(t.device in ("auto", "cpu", "cuda"), f"train.device = {t.device!r}; use auto, cpu or cuda")
     need(t.max_steps > 0 or t.max_tokens > 0, "set train.max_steps or train.max_tokens (both are 0)")
     need(t.micro_batch_size > 0 and t.global_batch_size > 0, "train.micro_batch_size and global_batch_size must be > 0")
+    need(0 <= t.threads <= 4096, f"train.threads = {t.threads} must be 0 (torch's default) or a thread count")
     need(
         t.global_batch_size % t.micro_batch_size == 0,
         f"train.global_batch_size ({t.global_batch_size}) must be a multiple of micro_batch_size ({t.micro_batch_size})",

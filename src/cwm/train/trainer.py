@@ -146,6 +146,8 @@ class Trainer:
         from cwm.model import Transformer
 
         self.cfg = cfg
+        if cfg.train.threads:  # on a small shared CPU one thread can beat two (docs/training.md)
+            torch.set_num_threads(cfg.train.threads)
         self.info = info or init_distributed(cfg.train.device)
         self.plan = make_plan(cfg, self.info.world_size, self._open_data())
         mc = self.plan.model_config
