@@ -4,20 +4,18 @@ programs), and both commands through the CLI with a real tiny untrained model.""
 import argparse
 import dataclasses
 import json
-from pathlib import Path
 
 import pytest
 from conftest import make_tiny_checkpoint
 
 from cwm.backends import Sampling
 from cwm.eval import cli
-from cwm.eval.cruxeval import load_cruxeval, run_cruxeval, trace_context
+from cwm.eval.cruxeval import DEFAULT_DATA, load_cruxeval, run_cruxeval, trace_context
 from cwm.eval.oracle import OracleBackend, OracleSet
 from cwm.eval.tracetext import MARKER
 from cwm.trace import trace_call
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cruxeval" / "cruxeval.jsonl"
-pytestmark = pytest.mark.skipif(not DATA.is_file(), reason="CruxEval data (../shared) not present")
+DATA = DEFAULT_DATA  # the copy inside the package
 
 
 @pytest.fixture(scope="module")

@@ -1,17 +1,15 @@
 """CruxEval-O: the benchmark's prompt, answer extraction and scoring (answers run in the sandbox)."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from cwm.backends import Completion, Sampling
 from cwm.eval.cruxeval import (
-    check_answer, direct_prompt, extract_direct_answer, load_cruxeval, pass_at_k, run_cruxeval,
+    DEFAULT_DATA, check_answer, direct_prompt, extract_direct_answer, load_cruxeval, pass_at_k, run_cruxeval,
 )
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cruxeval" / "cruxeval.jsonl"
-pytestmark = pytest.mark.skipif(not DATA.is_file(), reason="CruxEval data (../shared) not present")
+DATA = DEFAULT_DATA  # the copy inside the package
 
 
 def test_loads_the_benchmark():
@@ -20,9 +18,18 @@ def test_loads_the_benchmark():
     assert len(load_cruxeval(DATA, limit=3)) == 3
 
 
-def test_missing_data_file_names_the_fix(tmp_path):
-    with pytest.raises(FileNotFoundError, match="--data"):
+def test_the_benchmark_ships_inside_the_package_with_its_licence():
+    assert load_cruxeval() == load_cruxeval(DATA)  # no path: the packaged copy
+    assert DATA.parent.name == "data" and DATA.parent.parent.name == "eval"
+    assert "MIT License" in (DATA.parent / "CRUXEVAL_LICENSE").read_text()
+
+
+def test_a_missing_or_broken_data_file_says_what(tmp_path):
+    with pytest.raises(FileNotFoundError, match="packaged copy"):
         load_cruxeval(tmp_path / "nope.jsonl")
+    (tmp_path / "bad.jsonl").write_text('{"code": "def f(x):\n    return x", "input": "1", "output": "1", "id": "a"}\n[1]\n')
+    with pytest.raises(ValueError, match="bad.jsonl:2: not a JSON object"):
+        load_cruxeval(tmp_path / "bad.jsonl")
 
 
 def test_direct_prompt_and_extraction():

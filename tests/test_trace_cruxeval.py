@@ -5,19 +5,13 @@ CruxEval is evaluation-only data: this test reads it; nothing trains on it.
 
 import ast
 import json
-from pathlib import Path
 
-import pytest
-
+from cwm.eval.cruxeval import DEFAULT_DATA as CRUXEVAL  # the copy inside the package
 from cwm.trace import parse_cwm_text, to_cwm_text, trace_call
 from cwm.trace.sandbox import Limits, run_function
 
-CRUXEVAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cruxeval" / "cruxeval.jsonl"
-
 
 def test_all_800_cruxeval_return_values_match_and_their_texts_round_trip():
-    if not CRUXEVAL.is_file():
-        pytest.skip(f"{CRUXEVAL} is missing (CI clones the repo with shared/ beside it)")
     rows = [json.loads(line) for line in CRUXEVAL.read_text().splitlines() if line.strip()]
     assert len(rows) == 800
     wrong = []

@@ -63,7 +63,7 @@ class BuildParams:
     max_events: int = 10_000  # the paper's limits for a kept trace
     max_bytes: int = 1_000_000
     timeout: float = 10.0  # wall-clock seconds per program (the tracer stops it; the sandbox is the backstop)
-    decontaminate: tuple[str, ...] = ("cruxeval",)
+    decontaminate: tuple[str, ...] = evalsets.EVAL_SETS  # cruxeval, humaneval
 
     @property
     def kind(self) -> str:
@@ -137,7 +137,7 @@ def _banned(params: BuildParams) -> frozenset[str]:
         return frozenset()
     try:
         return evalsets.contamination_keys(tuple(params.decontaminate))
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         raise BuildError(f"cannot decontaminate against {', '.join(params.decontaminate)}: {e} (or pass --decontaminate none)") from None
 
 

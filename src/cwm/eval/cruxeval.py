@@ -18,21 +18,28 @@ from pathlib import Path
 
 import numpy as np
 
-# This checkout keeps evaluation-only data beside the repository (in ../shared).
-DEFAULT_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "cruxeval" / "cruxeval.jsonl"
+# The benchmark's 800 problems ship inside the package (MIT; its licence is data/CRUXEVAL_LICENSE).
+DEFAULT_DATA = Path(__file__).resolve().parent / "data" / "cruxeval.jsonl"
 
 
 def load_cruxeval(path: str | Path | None = None, limit: int | None = None) -> list[dict]:
-    """The problems as dicts with code, input, output, id (the benchmark's jsonl, one per line)."""
+    """The problems as dicts with code, input, output, id (the benchmark's jsonl, one per line).
+
+    Without a path, the copy inside the package."""
     path = Path(path) if path else DEFAULT_DATA
     if not path.is_file():
-        raise FileNotFoundError(f"CruxEval data not found at {path}; pass --data PATH/cruxeval.jsonl")
+        raise FileNotFoundError(f"no CruxEval file at {path}: give a cruxeval.jsonl, or leave it out for the packaged copy")
     items = []
-    with path.open() as f:
+    with path.open(encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
-            item = json.loads(line)
+            try:
+                item = json.loads(line)
+            except ValueError as e:
+                raise ValueError(f"{path}:{number}: not JSON ({e})") from None
+            if not isinstance(item, dict):
+                raise ValueError(f"{path}:{number}: not a JSON object")
             missing = {"code", "input", "output", "id"} - item.keys()
             if missing:
                 raise ValueError(f"{path}:{number}: missing fields {sorted(missing)}")
