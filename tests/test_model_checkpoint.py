@@ -267,3 +267,28 @@ def test_meta_layout_errors(tmp_path):
     with pytest.raises(CheckpointError, match=r"consolidated.00.pth: cannot be read"):
         convert_meta_to_hf(tmp_path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_meta_global_window_covering_the_context_converts(tmp_path):
+    """The release's params.json may carry window_attn.global_window: at >= the context it is full
+    attention and converts; below the context (windowed global layers) it is refused in one line."""
+    model = random_model(seed=7)
+    save_meta(model, tmp_path / "meta")
+    params_file = tmp_path / "meta" / "params.json"
+    params = json.loads(params_file.read_text())
+    context = params["model"]["max_seq_len"]
+    for i, window in enumerate((context, 2 * context)):
+        params["model"]["window_attn"]["global_window"] = window
+        params_file.write_text(json.dumps(params))
+        result = subprocess.run([sys.executable, "-m", "cwm", "convert", str(tmp_path / "meta"), str(tmp_path / f"hf{i}")],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        converted = load_pretrained(tmp_path / f"hf{i}")
+        assert converted.cfg.attention_types() == CFG.attention_types() and same_logits(model, converted)
+    params["model"]["window_attn"]["global_window"] = context - 1
+    params_file.write_text(json.dumps(params))
+    result = subprocess.run([sys.executable, "-m", "cwm", "convert", str(tmp_path / "meta"), str(tmp_path / "bad")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"global_window is {context - 1}, less than the context (max_seq_len {context})" in result.stderr
+    assert not (tmp_path / "bad").exists()

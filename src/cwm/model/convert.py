@@ -82,8 +82,15 @@ def config_from_params(params: dict, ffn_dim: int, source: str = "params.json") 
     try:
         n_heads = p["n_heads"]
         window = p.get("window_attn") or {}
-        if window.get("global_window") is not None:
-            raise CheckpointError(f"{source}: window_attn.global_window (windowed global layers) is not supported")
+        context = p.get("max_seq_len", 131072)
+        global_window = window.get("global_window")
+        # A global window that covers the whole context is full attention (the release writes it so).
+        if global_window is not None and not (isinstance(global_window, int) and global_window >= context):
+            raise CheckpointError(
+                f"{source}: window_attn.global_window is {global_window!r}, less than the context "
+                f"(max_seq_len {context}): global layers with a window are not supported; only a "
+                f"global_window >= max_seq_len (full attention) converts"
+            )
         local = window.get("local_window")
         layer_types = None
         if local is not None:
@@ -100,7 +107,7 @@ def config_from_params(params: dict, ffn_dim: int, source: str = "params.json") 
             head_dim=p.get("head_dim") or p["dim"] // n_heads,
             ffn_dim=ffn_dim,
             norm_eps=p.get("norm_eps", 1e-5),
-            max_seq_len=p.get("max_seq_len", 131072),
+            max_seq_len=context,
             sliding_window=local,
             layer_types=layer_types,
             rope_theta=float(p.get("rope_theta", 10_000.0)),
