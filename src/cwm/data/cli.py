@@ -10,9 +10,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     verbs = parser.add_subparsers(dest="data_verb", required=True, metavar="{build,pack,stats}")
 
     build = verbs.add_parser("build", help="trace programs into a Parquet dataset (resumable)")
-    build.add_argument("--source", required=True, help="synth[:length=6,nesting=2,values=10] | dir:PATH|stdlib | "
+    build.add_argument("--source", required=True, help="synth[:length=6,nesting=2,values=10] | real[:size=2,main=50] | dir:PATH|stdlib | "
                        "programs:FILE.jsonl | eval:cruxeval (with --split eval) | code:PATH|stdlib (plain source corpus)")
-    build.add_argument("--n", type=int, default=None, help="records wanted (synth: required; else at most, default all)")
+    build.add_argument("--n", type=int, default=None, help="records wanted (synth, real: required; else at most, default all)")
     build.add_argument("--out", required=True, help="dataset directory (rerun the same command to resume)")
     build.add_argument("--workers", type=int, default=1, help="warm worker processes (default 1)")
     build.add_argument("--seed", type=int, default=0)
