@@ -122,7 +122,7 @@ def generate_compiled(seed: int, index: int, knobs: Knobs = Knobs()) -> tuple[Pr
     for _ in range(200):
         program = _compose(rng, knobs)
         code = compile(program.source, PROGRAM, "exec")
-        if fits(program, knobs, code):
+        if fits(program, knobs, code) and not is_cruxeval(program, code):
             return program, code
     raise RuntimeError(f"real: no valid program for seed {seed} index {index}; loosen the knobs")
 
@@ -138,6 +138,18 @@ def fits(program: Program, knobs: Knobs, code: types.CodeType | None = None) -> 
     except Exception:
         return False
     return trace.status == "ok" and len(to_cwm_text(trace).encode()) <= max_bytes
+
+
+def is_cruxeval(program: Program, code: types.CodeType) -> bool:
+    """Whether the program (or the function its main() wraps) normalises equal to a CruxEval
+    program. The generator never emits one (a few short templates can write one, ~1.6% of
+    candidates), whatever a build's --decontaminate says; the build still drops what that names."""
+    from cwm.data import evalsets
+
+    inner, inner_code = judged_part(program, code)
+    if evalsets.function_shape(inner_code) not in evalsets.contamination_shapes(("cruxeval",)):
+        return False
+    return evalsets.source_key(inner.source) in evalsets.contamination_keys(("cruxeval",))
 
 
 def judged_part(program: Program, code: types.CodeType) -> tuple[Program, types.CodeType]:
