@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import ast
 import builtins
+import contextlib
 import functools
 import inspect
+import linecache
 import re
 import sys
 import threading
@@ -173,7 +175,13 @@ def trace_call(source: str, call: str, *, max_events: int = MAX_EVENTS, max_byte
     """
     clean, code, expr, target = _prepare_call(source, call, filename, code)
     context = _with_marker(clean, _def_line(source_lines(clean), target))
-    ns = {"__name__": "program", "__builtins__": builtins}
+    with _registered_module("program", clean, filename) as ns:
+        return _trace_call(clean, code, call, expr, target, context, ns, max_events=max_events, max_bytes=max_bytes,
+                           timeout=timeout, value_limit=value_limit, repr_timeout=repr_timeout, filename=filename)
+
+
+def _trace_call(clean, code, call, expr, target, context, ns, *, max_events, max_bytes, timeout, value_limit,
+                repr_timeout, filename) -> Trace:
     try:
         exec(code, ns)
     except BaseException as e:
@@ -242,6 +250,8 @@ def _prepare_call(source, call, filename, code=None):
         expr = ast.parse(call.strip(), mode="eval").body
     except SyntaxError as e:
         raise TraceError(f"the call {call!r} is not a Python expression: {e.msg}") from None
+    except (RecursionError, MemoryError, ValueError) as e:
+        raise TraceError(f"the call {call[:80]!r} cannot be parsed: {type(e).__name__}") from None
     if not (isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name)):
         raise TraceError(f"the call {call!r} must call a function of the program by name, like f(1, [2, 3])")
     return clean, code, expr, _find_function(code, expr.func.id, top_level=True)
@@ -271,8 +281,35 @@ def _run_script(clean, code, context, entry, is_entry, *, max_events=MAX_EVENTS,
                 value_limit=DEFAULT_LIMIT, repr_timeout=DEFAULT_REPR_TIMEOUT, filename=PROGRAM, whole_module=False) -> Trace:
     rec = _Recorder(clean, context, filename, is_entry, max_events=max_events, max_bytes=max_bytes, timeout=timeout,
                     value_limit=value_limit, repr_timeout=repr_timeout, whole_module=whole_module)
-    rec.run(exec, code, {"__name__": "__main__", "__builtins__": builtins})
+    with _registered_module("__main__", clean, filename) as ns:
+        rec.run(exec, code, ns)
     return _trace(rec, context, entry)
+
+
+@contextlib.contextmanager
+def _registered_module(name: str, source: str, filename: str) -> Iterator[dict]:
+    """The namespace of the program as a module registered under `name` for the run, as `python`
+    runs a script: in sys.modules (so dataclasses, enums, typing.get_type_hints and pickle find
+    its classes), with __file__, and its source in linecache (so inspect.getsource finds it).
+    Whatever was registered before is put back afterwards."""
+    module = types.ModuleType(name)
+    module.__file__ = filename
+    module.__builtins__ = builtins
+    saved_module = sys.modules.get(name)
+    saved_lines = linecache.cache.get(filename)
+    sys.modules[name] = module
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)  # mtime None: kept
+    try:
+        yield module.__dict__
+    finally:
+        if saved_module is None:
+            sys.modules.pop(name, None)
+        else:
+            sys.modules[name] = saved_module
+        if saved_lines is None:
+            linecache.cache.pop(filename, None)
+        else:
+            linecache.cache[filename] = saved_lines
 
 
 def _trace(rec: _Recorder, context: str, entry: str) -> Trace:
@@ -286,6 +323,10 @@ def _compile(source: str, filename: str) -> types.CodeType:
         raise TraceError(f"{filename}:{e.lineno}: syntax error: {e.msg}") from None
     except ValueError as e:  # e.g. a NUL byte in the source
         raise TraceError(f"{filename}: cannot compile: {e}") from None
+    except RecursionError:
+        raise TraceError(f"{filename}: cannot compile: the code nests too deeply") from None
+    except MemoryError:
+        raise TraceError(f"{filename}: cannot compile: out of memory (the program is too large)") from None
 
 
 def _strip_marker(source: str) -> tuple[str, int | None]:

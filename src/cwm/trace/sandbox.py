@@ -44,9 +44,9 @@ import time
 import traceback
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
-__all__ = ["Limits", "SandboxResult", "STATUSES", "run_function", "run_command", "allow_result_type"]
+__all__ = ["Limits", "SandboxResult", "STATUSES", "run_function", "run_each", "run_command", "allow_result_type"]
 
 # Every status a SandboxResult can have (docs/sandbox.md says what each means).
 STATUSES = (
@@ -90,6 +90,7 @@ class Limits:
     max_output_bytes: int = 1 << 20  # per stream; past it the output is cut, marked, and the run stopped
     max_disk_bytes: int = 64 << 20  # size of the private tmpfs on /tmp (the cwd, unless run_command's cwd)
     network: bool = False  # True: share the host's network (no new network namespace)
+    max_result_bytes: int = 256 << 20  # run_function's return value, counted as if no object were shared
 
 
 @dataclass
@@ -111,15 +112,26 @@ class SandboxResult:
 # Public API
 
 
-def run_function(fn: Callable[..., Any], *args: Any, limits: Limits | None = None, **kwargs: Any) -> SandboxResult:
+def run_function(fn: Callable[..., Any], *args: Any, limits: Limits | None = None,
+                 input: str | bytes | None = None, cwd: str | os.PathLike | None = None,
+                 **kwargs: Any) -> SandboxResult:
     """Run fn(*args, **kwargs) in a forked child under `limits`; its return value comes back pickled.
 
     The child is a fork of this process, so fn needs no import and no pickling; only the return
-    value crosses back, and only types in the allow-list are unpickled (see allow_result_type).
-    The child starts with stdin at /dev/null, stdout/stderr captured, a private temp dir as cwd
-    (and as tempfile.gettempdir()), and none of this process's other open files.
+    value crosses back, only types in the allow-list are unpickled (see allow_result_type), and
+    the value is checked (field types of data classes, size) before it is returned.
+    The child starts with stdin at /dev/null (or `input`), stdout/stderr captured, a minimal
+    environment (none of this process's variables), none of this process's other open files, and
+    a private temp dir as tempfile.gettempdir() and cwd; with `cwd=DIR`, its cwd is a read-only
+    view of DIR instead. (So fn's own keyword arguments cannot be named limits, input or cwd.)
     """
-    return _run(limits or Limits(), _Job(fn=fn, args=args, kwargs=kwargs))
+    view = None
+    if cwd is not None:
+        view = os.path.realpath(os.fspath(cwd))
+        if not os.path.isdir(view):
+            raise NotADirectoryError(f"run_function: cwd {view!r} is not a directory; pass a directory or None")
+    data = input.encode() if isinstance(input, str) else input
+    return _run(limits or Limits(), _Job(fn=fn, args=args, kwargs=kwargs, workspace=view, read_only=True, input=data))
 
 
 def run_command(
@@ -158,7 +170,8 @@ def run_command(
 # any bytes to the result pipe, so a plain pickle.loads would hand it code execution in the caller.
 _SAFE_GLOBALS: set[tuple[str, str]] = {
     ("builtins", n)
-    for n in ("complex", "set", "frozenset", "range", "slice")  # not bytearray: bytearray(10**12) is a bomb
+    # not bytearray: bytearray(10**12) is a bomb; not range: set(range(10**12)) would be one
+    for n in ("complex", "set", "frozenset", "slice")
 } | {
     ("collections", n) for n in ("OrderedDict", "defaultdict", "deque", "Counter")
 } | {
@@ -190,6 +203,8 @@ class _Job:
     workspace: str | None = None
     env: dict[str, str] | None = None
     input: bytes | None = None
+    read_only: bool = False  # the workspace is a read-only view (run_function's cwd)
+    pid_ns: bool = False  # the keeper is PID 1 of a PID namespace of its own
 
 
 _warned: set[str] = set()
@@ -209,10 +224,11 @@ def _run(limits: Limits, job: _Job) -> SandboxResult:
     # unique among live threads, and a thread runs one sandbox at a time, all dead when it returns.
     uid = UID_BASE + threading.get_native_id() if is_root else None
     owner = None
-    if job.workspace is not None and is_root:
+    if job.workspace is not None and is_root and not job.read_only:
         st = os.stat(job.workspace)
         owner = (st.st_uid, st.st_gid)
-    plan = _mount_plan(uid, job.workspace)  # what to hide and show in the runner's file system
+    plan = _mount_plan(uid, job.workspace, job.read_only)  # what to hide and show in the runner's file system
+    _seccomp_program()  # built once here (cached), not in every child
     # Flush our own buffers, or the child would write them out a second time.
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -223,6 +239,7 @@ def _run(limits: Limits, job: _Job) -> SandboxResult:
     stdin = os.pipe() if job.input is not None else None
     # As root, the keeper is born as PID 1 of a new PID namespace: killing it kills everything inside.
     pid_ns = is_root and _enter_new_pid_ns()
+    job.pid_ns = pid_ns
     try:
         keeper = os.fork()
     except OSError:
@@ -291,7 +308,7 @@ def _collect(limits, job, keeper, pid_ns, fds, stdin_w, start, got) -> str | Non
     """Read every pipe into `got` until all are closed or the deadline; returns why we killed, if we did."""
     sel = selectors.DefaultSelector()
     caps = {"stdout": limits.max_output_bytes, "stderr": limits.max_output_bytes,
-            "result": limits.memory_bytes + (1 << 20), "status": 4096}
+            "result": limits.max_result_bytes, "status": 4096}
     for name, fd in fds.items():
         os.set_blocking(fd, False)
         sel.register(fd, selectors.EVENT_READ, name)
@@ -435,12 +452,9 @@ def _classify(limits, job, got, report, keeper_status, killed_for) -> SandboxRes
 
     if code == 0 and got["result"]:
         try:
-            status, value, error = _SafeUnpickler(io.BytesIO(bytes(got["result"]))).load()
+            status, value, error = load_result(bytes(got["result"]), limits.max_result_bytes)
         except Exception as e:  # forged or cut by the child: report, never trust
             res.error = f"the child's result could not be read: {e}"
-            return res
-        if status not in STATUSES:
-            res.error = f"the child's result had an unknown status {status!r}"
             return res
         res.status, res.value, res.error = status, value, error
         if status == "exit":
@@ -486,12 +500,185 @@ def _signal_name(sig: int) -> str:
 
 class _SafeUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _CHECKED_CONSTRUCTORS:
+            return _CHECKED_CONSTRUCTORS[module, name]
         if (module, name) in _SAFE_GLOBALS or (module == "builtins" and _is_builtin_exception(name)):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(
             f"the return value holds a {module}.{name}, which the sandbox does not unpickle; return plain data "
             "(numbers, strings, lists, dicts, ...) or register the class with cwm.trace.sandbox.allow_result_type"
         )
+
+
+def _fraction(*args):
+    """Fraction(numerator, denominator) from a pickle: ints only (Fraction("1e999999999") would compute
+    a number of a billion digits)."""
+    from fractions import Fraction
+
+    if not all(type(a) is int for a in args):
+        raise pickle.UnpicklingError("a Fraction in the result was not made of two ints")
+    return Fraction(*args)
+
+
+_CHECKED_CONSTRUCTORS = {("fractions", "Fraction"): _fraction}
+MAX_RESULT_DEPTH = 100  # nesting of containers in a result; deeper ones would crash repr or json in the caller
+
+
+def load_result(data: bytes, max_bytes: int) -> tuple[str, Any, str | None]:
+    """The (status, value, error) a child sent, unpickled with the allow-list and checked; raises
+    ValueError or pickle.UnpicklingError (with the reason) for anything else."""
+    message = _SafeUnpickler(io.BytesIO(data)).load()
+    if type(message) is not tuple or len(message) != 3:
+        raise ValueError("it is not a (status, value, error) triple")
+    status, value, error = message
+    if type(status) is not str or status not in STATUSES:
+        raise ValueError(f"it has an unknown status {status!r:.80}")
+    if error is not None and type(error) is not str:
+        raise ValueError(f"its error is a {type(error).__name__}, not a str")
+    check_value(value, max_bytes)
+    return status, value, error
+
+
+_LEAVES = (type(None), bool, int, float, complex, str, bytes, slice)
+
+
+def check_value(value: Any, max_bytes: int, max_depth: int = MAX_RESULT_DEPTH) -> None:
+    """Raise ValueError unless `value` is safe for the caller to use: its size counted as if no object
+    were shared (a pickle can reference one object 10,000 times, and the caller's repr, json or
+    rendering would then make 10,000 copies) at most max_bytes, no cycle, nesting at most max_depth,
+    and each field of a data class (Trace, Frame, ...) of its annotated type.
+
+    Each distinct object is visited once (sizes are memoised by id), so the cost is that of the
+    pickle, not of the expansion."""
+    sizes: dict[int, tuple[int, int]] = {}  # id -> (expanded size, height)
+    checked: set[tuple[int, int]] = set()  # (id, id of a type hint) of containers found of that type
+    stack: list[tuple[Any, bool]] = [(value, False)]
+    open_: set[int] = set()
+    while stack:
+        obj, children_done = stack.pop()
+        key = id(obj)
+        if not children_done:
+            if key in sizes:
+                continue
+            if key in open_:
+                raise ValueError("it contains a cycle")
+            children = _children(obj, checked)
+            open_.add(key)
+            stack.append((obj, True))
+            stack.extend((c, False) for c in children if id(c) not in sizes)
+            continue
+        open_.discard(key)
+        size, height = _own_size(obj), 0
+        for c in _children(obj, None):
+            child_size, child_height = sizes[id(c)]
+            size, height = size + child_size, max(height, child_height + 1)
+        if size > max_bytes:
+            raise ValueError(f"it would take more than max_result_bytes={max_bytes} once expanded")
+        if height > max_depth:
+            raise ValueError(f"it nests containers deeper than {max_depth} levels")
+        sizes[key] = (size, height)
+
+
+def _own_size(obj: Any) -> int:
+    if isinstance(obj, (str, bytes)):
+        return 48 + len(obj)
+    if isinstance(obj, int):
+        return 28 + obj.bit_length() // 8
+    return 56
+
+
+def _children(obj: Any, checked: set | None) -> list:
+    """The objects `obj` refers to (its items, fields, args); `checked`: also check a data class's
+    field types (once per object; None: skip)."""
+    if isinstance(obj, _LEAVES):
+        return [obj.start, obj.stop, obj.step] if type(obj) is slice else []
+    if isinstance(obj, dict):
+        items = [x for kv in obj.items() for x in kv]
+        factory = getattr(obj, "default_factory", None)  # defaultdict
+        return items + ([factory] if factory is not None else [])
+    if isinstance(obj, (list, tuple, set, frozenset)) or type(obj).__module__ == "collections":
+        return list(obj)
+    if isinstance(obj, type) or callable(obj) and not isinstance(obj, BaseException):
+        return []  # an allowed class (a defaultdict's factory)
+    if isinstance(obj, BaseException):
+        return list(obj.args) + list(vars(obj).values())
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj):
+        if checked is not None:
+            _check_fields(obj, checked)  # once: a visited object is not visited again
+        return [getattr(obj, f.name) for f in dataclasses.fields(obj)]
+    if hasattr(obj, "__dict__"):  # a registered plain class
+        return list(vars(obj).values())
+    return []  # datetime, Decimal, Fraction: bounded by their pickle
+
+
+def _check_fields(obj: Any, checked: set) -> None:
+    import dataclasses
+    import typing
+
+    hints = _type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name, _MISSING)
+        if value is _MISSING:
+            raise ValueError(f"a {type(obj).__name__} in it lacks its field {f.name!r}")
+        hint = hints.get(f.name, typing.Any)
+        if not _conforms(value, hint, checked):
+            raise ValueError(f"a {type(obj).__name__} in it has a {type(value).__name__} as its field "
+                             f"{f.name!r}, which must be {hint}")
+
+
+_MISSING = object()
+
+
+@functools.lru_cache(maxsize=64)
+def _type_hints(cls: type) -> dict:
+    import typing
+
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # annotations this check cannot read: fields are not checked
+        return {}
+
+
+def _conforms(value: Any, hint: Any, checked: set) -> bool:
+    """Is value of the annotated type? Understands classes, X | None, list[X], tuple[X, ...],
+    dict[K, V], set[X]; anything else (Any, a TypeVar, ...) passes. A container found conforming
+    is remembered in `checked` (by id and hint), so a shared one is checked once."""
+    import types
+    import typing
+
+    if hint is typing.Any:
+        return True
+    if hint is None or hint is type(None):
+        return value is None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, a, checked) for a in args)
+    if origin is None:
+        if not isinstance(hint, type):
+            return True
+        return isinstance(value, hint) and not (isinstance(value, bool) and hint in (int, float))
+    if not isinstance(origin, type):
+        return True
+    if not isinstance(value, origin):
+        return False
+    key = (id(value), id(hint))
+    if not args or key in checked:
+        return True
+    if origin in (list, set, frozenset):
+        ok = all(_conforms(v, args[0], checked) for v in value)
+    elif origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        ok = all(_conforms(v, args[0], checked) for v in value)
+    elif origin is tuple:
+        ok = len(value) == len(args) and all(_conforms(v, a, checked) for v, a in zip(value, args))
+    elif origin is dict and len(args) == 2:
+        ok = all(_conforms(k, args[0], checked) and _conforms(v, args[1], checked) for k, v in value.items())
+    else:
+        ok = True
+    if ok:
+        checked.add(key)
+    return ok
 
 
 def _is_builtin_exception(name: str) -> bool:
@@ -536,7 +723,10 @@ def _keeper(limits, job, uid, plan, pipes, stdin) -> None:
 
         for message in _unshare(limits, is_root=uid is not None):
             status.write(f"warning={message}\n")
-        if uid is not None and job.workspace:
+        if _seccomp_missing():
+            status.write(f"warning={_seccomp_missing()}: unix sockets on the host stay reachable (to the "
+                         "runner's uid) and nested user namespaces can be made\n")
+        if uid is not None and job.workspace and not job.read_only:
             _hand_over(job.workspace, uid, uid)
         tmpdir = _private_fs(limits, uid, status, *plan)
         workdir = job.workspace or tmpdir
@@ -642,9 +832,11 @@ def _mount_back(path: str, fd: int, read_only: bool, status) -> None:
                      f"({os.strerror(ctypes.get_errno())}); only file permissions protect it\n")
 
 
-def _mount_plan(uid: int | None, workspace: str | None) -> tuple[list[str], list[tuple[str, bool]]]:
-    """(covers, reveals) for _private_fs: the Python installation read-only, then the workspace writable
-    (last: it may lie inside a read-only one)."""
+def _mount_plan(uid: int | None, workspace: str | None,
+                read_only: bool = False) -> tuple[list[str], list[tuple[str, bool]]]:
+    """(covers, reveals) for _private_fs: the Python installation read-only, then the workspace
+    (last: it may lie inside a read-only one): writable (run_command), or a read-only view
+    (run_function's cwd), bound back even where the runner could reach it, so that it cannot write it."""
     drop_uid = uid is not None
     python = (sys.executable, sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sys.path)
     covers, reveals = _hidden_python_paths(python, drop_uid)
@@ -653,8 +845,8 @@ def _mount_plan(uid: int | None, workspace: str | None) -> tuple[list[str], list
         hidden, cover = _hiding(workspace, drop_uid)  # no check of its mode: it is handed to the runner
         if cover:
             covers = sorted({*covers, cover})
-        if hidden:
-            reveals.append((workspace, False))
+        if hidden or read_only:
+            reveals.append((workspace, read_only))
     return covers, reveals
 
 
@@ -734,13 +926,14 @@ def _runner(limits, job, workdir, tmpdir, uid, lifeline_r) -> None:
             os.setresgid(uid, uid, uid)
             os.setresuid(uid, uid, uid)
         _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # no setuid binary gives root back
+        _install_seccomp_filter()  # no unix sockets, no nested user namespaces (needs no_new_privs)
         # Die with the keeper (set after setuid, which clears it); if the keeper is already gone, go.
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if select.select([lifeline_r], [], [], 0)[0]:
             os._exit(1)
         os.close(lifeline_r)
         if job.fn is not None:
-            _run_fn(job, tmpdir)
+            _run_fn(job, tmpdir, limits)
         else:
             _exec(job, workdir, tmpdir)
     except BaseException as e:
@@ -748,6 +941,117 @@ def _runner(limits, job, workdir, tmpdir, uid, lifeline_r) -> None:
             os.write(_STDERR, f"cwm sandbox: the runner failed around the program: {e!r}\n".encode())
         finally:
             os._exit(126)
+
+
+_SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def clean_environment(tmpdir: str) -> dict[str, str]:
+    """The whole environment of untrusted code, fixed: none of the caller's variables (API keys,
+    tokens) reach it. PYTHONHASHSEED is kept where the caller set one: it is no secret, and a
+    Python the program starts then hashes as the caller does (the fork itself shares its seed)."""
+    env = {"PATH": f"{os.path.dirname(sys.executable)}:{_SYSTEM_PATH}", "HOME": tmpdir, "TMPDIR": tmpdir,
+           "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TERM": "dumb"}
+    if os.environ.get("PYTHONHASHSEED"):
+        env["PYTHONHASHSEED"] = os.environ["PYTHONHASHSEED"]
+    return env
+
+
+def _replace_environment(env: dict[str, str]) -> None:
+    """In the forked runner: make `env` the whole environment, and wipe every copy of the caller's
+    that the program could read: os.environ, posix.environ (os's source), the C environ, and the
+    block the kernel shows as /proc/self/environ (the process's initial stack)."""
+    import posix
+
+    os.environ.clear()  # unsetenv for each variable
+    posix.environ.clear()
+    _libc.clearenv()
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+        start, end = int(fields[47]), int(fields[48])  # env_start, env_end (proc(5) fields 50, 51)
+        if 0 < start < end:
+            ctypes.memset(start, 0, end - start)
+    except (OSError, ValueError, IndexError):
+        pass
+    os.environ.update(env)
+    posix.environ.update({k.encode(): v.encode() for k, v in env.items()})
+
+
+# A seccomp filter (classic BPF, built here: no library needed) for the runner and all it starts:
+# socket(AF_UNIX) fails with EACCES, so no unix socket on the host is reachable (abstract ones are
+# also cut by the network namespace); unshare/clone with CLONE_NEWUSER fail with EPERM (a nested
+# user namespace would give the program root-like powers over new namespaces). clone3 fails with
+# ENOSYS (its flags are behind a pointer the filter cannot read); glibc then falls back to clone.
+_SECCOMP_ARCHES = {  # machine: (AUDIT_ARCH_*, syscall numbers, x32 syscalls to refuse)
+    "x86_64": (0xC000003E, {"socket": 41, "unshare": 272, "clone": 56, "clone3": 435}, True),
+    "aarch64": (0xC00000B7, {"socket": 198, "unshare": 97, "clone": 220, "clone3": 435}, False),
+}
+_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
+_RET_ALLOW, _RET_ERRNO = 0x7FFF0000, 0x00050000
+_AF_UNIX = 1
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+@functools.lru_cache(maxsize=1)
+def _seccomp_program() -> list[tuple[int, int, int, int]] | None:
+    import platform
+
+    if platform.machine() not in _SECCOMP_ARCHES:
+        return None
+    arch, nr, x32 = _SECCOMP_ARCHES[platform.machine()]
+
+    def load(offset):  # seccomp_data: nr at 0, arch at 4, args[i] at 16 + 8 i (low 32 bits on little endian)
+        return (0x20, 0, 0, offset)  # BPF_LD | BPF_W | BPF_ABS
+
+    def jeq(k, jt, jf):
+        return (0x15, jt, jf, k)  # BPF_JMP | BPF_JEQ | BPF_K
+
+    def ret(k):
+        return (0x06, 0, 0, k)  # BPF_RET | BPF_K
+
+    def deny(code):
+        return _RET_ERRNO | code
+
+    program = [load(4), jeq(arch, 1, 0), ret(deny(errno.ENOSYS)), load(0)]  # another ABI: nothing works
+    if x32:
+        program += [(0x35, 0, 1, 0x40000000), ret(deny(errno.ENOSYS))]  # BPF_JGE: x32 numbers
+    program += [jeq(nr["clone3"], 0, 1), ret(deny(errno.ENOSYS))]
+    program += [jeq(nr["socket"], 0, 4), load(16), jeq(_AF_UNIX, 0, 1), ret(deny(errno.EACCES)), ret(_RET_ALLOW)]
+    program += [jeq(nr["unshare"], 1, 0), jeq(nr["clone"], 0, 4), load(16),
+                (0x45, 0, 1, _CLONE_NEWUSER), ret(deny(errno.EPERM)), ret(_RET_ALLOW)]  # BPF_JSET
+    return program + [ret(_RET_ALLOW)]
+
+
+def _seccomp_missing() -> str | None:
+    """Why the runner gets no seccomp filter here, or None (checked by the keeper, which reports it)."""
+    if _seccomp_program() is None:
+        import platform
+
+        return f"no seccomp filter for this machine ({platform.machine()})"
+    try:
+        with open("/proc/self/status") as f:
+            if "Seccomp:" not in f.read():
+                return "this kernel has no seccomp"
+    except OSError:
+        pass
+    return None
+
+
+def _install_seccomp_filter() -> None:
+    program = _seccomp_program()
+    if program is None:
+        return
+    filters = (_SockFilter * len(program))(*program)
+    fprog = _SockFprog(len(program), filters)
+    _libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0)
 
 
 def _set_limits(limits: Limits, is_root: bool, fork_mode: bool) -> None:
@@ -771,13 +1075,15 @@ def _set_limits(limits: Limits, is_root: bool, fork_mode: bool) -> None:
         resource.setrlimit(which, (int(soft), int(hard)))
 
 
-def _run_fn(job: _Job, tmpdir: str) -> None:
+def _run_fn(job: _Job, tmpdir: str, limits: Limits) -> None:
+    global _runner_state
     me = os.getpid()
+    _runner_state = _RunnerState(tmpdir, job.pid_ns, limits.max_result_bytes, frozenset(os.listdir(tmpdir)))
     # Fresh text streams on fds 1 and 2 (the caller's sys.stdout may be a pytest or Jupyter object).
     sys.stdout = open(_STDOUT, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
     sys.stderr = open(_STDERR, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
     sys.stdin = open(_STDIN, "r", closefd=False)
-    os.environ.update(TMPDIR=tmpdir, HOME=tmpdir)
+    _replace_environment(clean_environment(tmpdir))
     tempfile.tempdir = tmpdir
     reserve = bytes(_EMERGENCY_BYTES)  # address space to give back on MemoryError (calloc: no page touched)
     try:
@@ -789,12 +1095,147 @@ def _run_fn(job: _Job, tmpdir: str) -> None:
         message = _exception_message(e)
     if os.getpid() != me:
         _flush_and_exit(0)
+    _write_result(message, _RESULT)
+
+
+@dataclass
+class _RunnerState:
+    tmpdir: str
+    pid_ns: bool
+    max_result_bytes: int
+    tmp_names: frozenset[str]  # what the private temp dir held before fn ran (Python mounted back, ...)
+
+
+_runner_state: _RunnerState | None = None  # set in run_function's child only
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def run_each(fn: Callable[[Any], Any], items: list) -> list:
+    """Inside run_function's child: [fn(item) for item in items], each call in a fresh fork of the
+    child, so that nothing one call does (patching modules, builtins, the tracer; files in the temp
+    dir; processes it leaves) can change what a later one returns. Between calls, every process the
+    last one left is killed and the files it left in the temp dir are removed.
+
+    Each value crosses back pickled and checked as run_function's own is. If a call does not return
+    (it raises, exits, crashes, hits a limit), the whole run ends at once with that call's outcome,
+    as if it had run alone: run_function then reports its status (and error) for the whole run.
+    """
+    state = _runner_state
+    if state is None:
+        raise RuntimeError("run_each runs inside a run_function child (it isolates untrusted calls from each other)")
+    if state.pid_ns:  # orphans of a call come back to us, to be reaped
+        _libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    return [_run_one(fn, item, state) for item in items]
+
+
+def _run_one(fn, item, state: _RunnerState):
+    read_end, write_end = os.pipe()
+    _flush_streams()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        os.close(_RESULT)  # only the runner may write the run's result
+        os.setsid()
+        me = os.getpid()
+        try:
+            message = ("ok", fn(item), None)
+        except BaseException as e:
+            message = _exception_message(e)
+        if os.getpid() != me:  # a process the call forked: it has no result to give
+            _flush_and_exit(0)
+        _write_result(message, write_end)
+    os.close(write_end)
+    data, flooded = bytearray(), False
+    with os.fdopen(os.pidfd_open(pid), "rb", buffering=0) as exited:
+        os.set_blocking(read_end, False)
+        while True:
+            ready, _, _ = select.select([read_end, exited], [], [])
+            try:
+                chunk = os.read(read_end, 1 << 16)
+            except BlockingIOError:
+                chunk = None
+            if chunk:
+                data += chunk
+                if len(data) > state.max_result_bytes:
+                    flooded = True
+                    os.kill(pid, signal.SIGKILL)
+                    break
+            elif chunk == b"" or exited in ready:
+                break  # EOF, or the call's process is gone and the pipe holds nothing more
+    os.close(read_end)
+    _end_leftovers(pid, state)
+    _, wait_status = os.waitpid(pid, 0)
+    _reap(state)
+    _clean_tmp(state)
+    if flooded:
+        _write_result(("error", None, f"a call sent back more than max_result_bytes={state.max_result_bytes}"), _RESULT)
+    if os.WIFSIGNALED(wait_status):  # die as it died: the caller classifies the signal
+        _flush_streams()
+        sig = os.WTERMSIG(wait_status)
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+    try:
+        status, value, error = load_result(bytes(data), state.max_result_bytes) if data else ("exit", None, None)
+    except Exception as e:
+        _write_result(("error", None, f"a call's result could not be read: {e}"), _RESULT)
+    if status == "exit" and not data:  # it left without a result: os._exit(n) or similar
+        _flush_and_exit(os.WEXITSTATUS(wait_status) or 1)
+    if status != "ok":
+        _write_result((status, value, error), _RESULT)
+    return value
+
+
+def _end_leftovers(pid: int, state: _RunnerState) -> None:
+    """Kill every process the call left: its process group, and in a PID namespace of our own
+    all of our uid's processes but this one (kill(-1) stays inside the namespace)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    if state.pid_ns:
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _reap(state: _RunnerState) -> None:
+    """Reap the killed orphans (a subreaper gets them), so they do not count against max_processes."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, 0 if state.pid_ns else os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _clean_tmp(state: _RunnerState) -> None:
+    try:
+        names = os.listdir(state.tmpdir)
+    except OSError:
+        return
+    for name in names:
+        if name not in state.tmp_names:
+            path = os.path.join(state.tmpdir, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
+
+def _write_result(message: tuple, fd: int) -> NoReturn:
+    """Pickle (status, value, error) to fd and end this process."""
     try:
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     except BaseException as e:
         data = pickle.dumps(("error", None, f"the return value could not be pickled: {type(e).__name__}: {e}"))
     _flush_streams()
-    with open(_RESULT, "wb", closefd=False) as f:
+    with open(fd, "wb", closefd=False) as f:
         f.write(data)
     os._exit(0)
 
@@ -840,10 +1281,7 @@ def _exec(job: _Job, workdir: str, tmpdir: str) -> None:
     os.set_inheritable(_RESULT, False)  # closed by a successful exec; carries the error otherwise
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores these; commands expect the defaults
         signal.signal(sig, signal.SIG_DFL)
-    env = job.env
-    if env is None:
-        env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": workdir, "TMPDIR": tmpdir,
-               "LANG": "C.UTF-8", "TERM": "dumb"}
+    env = clean_environment(tmpdir) if job.env is None else job.env
     program = job.argv[0]
     if os.sep not in program:  # resolve it as the runner sees PATH (some entries may be closed to it)
         program = shutil.which(program, path=env.get("PATH", os.defpath)) or program
