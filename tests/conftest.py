@@ -74,3 +74,57 @@ def serving(backend, model_name="tiny"):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def serving_like_fgserve(backend):
+    """A loopback server that answers /completions as the release's serve/fgserve.py does, in front
+    of a real backend: `finish_reason` is always "length", `tokens` end with the stop token, `text`
+    is cut before it, there is no /health (404), and temperature 0 fails (fastgen divides by it).
+    Yields (url, the request bodies received)."""
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+
+    from cwm.backends import Sampling, encode_prompt
+
+    app, received = FastAPI(), []
+
+    @app.post("/completions")
+    async def completions(request: Request):
+        body = await request.json()
+        received.append(body)
+        if not body.get("temperature"):
+            return JSONResponse({"error": "ZeroDivisionError: float division by zero"}, status_code=500)
+        tok = backend.tokenizer
+        ids = encode_prompt(tok, body["prompt"])
+        stop = body.get("stop")
+        out = backend.complete(ids, stop=[stop] if stop else [], sampling=Sampling(
+            temperature=body["temperature"], top_p=body.get("top_p", 0.95), max_new_tokens=body["max_tokens"]))
+        ended = out.tokens[-1:] and (out.tokens[-1] in tok.stop_ids or tok.is_special(out.tokens[-1]))
+        text = tok.decode(out.tokens[:-1] if ended else out.tokens)
+        return {"id": "x", "object": "text_completion", "model": None,
+                "usage": {"prompt_tokens": len(ids), "completion_tokens": len(out.tokens)},
+                "choices": [{"index": 0, "text": text, "tokens": out.tokens, "logprobs": None,
+                             "finish_reason": "length"}]}
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):  # up when it answers at all (it has no /health)
+            try:
+                httpx.get(url + "/health")
+                break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        yield url, received
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -56,4 +56,4 @@ def test_divergence_is_highlighted_and_linked(tmp_path):
 def test_missing_steps_show_as_divergent():
     page = render_report(SOURCE, frames(), frames()[:1])
     assert [r["class"] for r in parse(page).rows if "class" in r] == ["", "first", "diff"]
-    assert "first divergence: <a href='#first-divergence'>step 2</a>" in page
+    assert "first divergence: <a href='#first-divergence'>real frame 2 (not predicted)</a>" in page

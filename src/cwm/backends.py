@@ -10,6 +10,7 @@ server, the returned tokens include the stop token that ended them.
 Implementations:
   LocalBackend   a checkpoint directory, generating with cwm.model in this process
   HTTPBackend    a `cwm serve` server, or any server with the release's /completions endpoint
+                 (the release's fgserve: see HTTPBackend for what differs)
   OracleBackend  (cwm.eval.oracle) replays a real trace; the reference that scores 1.0
 """
 
@@ -127,21 +128,51 @@ class _StopString(Exception):
     pass
 
 
+# Sent instead of temperature 0 (greedy) to a server that is not `cwm serve`: the release's fgserve
+# divides the logits by the temperature. At 1e-3 a logit gap of 0.01 is already e^-10 in
+# probability (greedy in practice), and logits / 1e-3 still fit a float16.
+NEAR_GREEDY_TEMPERATURE = 1e-3
+CWM_SERVE = "cwm serve"  # what `cwm serve` answers as "server" on GET /health
+
+
 @dataclass
 class HTTPBackend:
-    """Talk to a server with the release's /completions endpoint (`cwm serve`, the release's fgserve)."""
+    """Talk to a server with the release's /completions endpoint (`cwm serve`, the release's fgserve).
+
+    Two things differ between servers, and neither is taken on trust:
+    - whether a completion ended at a stop is read from the returned tokens and text (the last
+      token is a stop token, or the text holds a stop string), never from `finish_reason`:
+      the release's fgserve answers "length" for every choice;
+    - temperature 0 means greedy only on `cwm serve` (known by its GET /health answer, asked
+      once); any other server gets NEAR_GREEDY_TEMPERATURE instead (fgserve divides by it).
+    """
 
     url: str
     tokenizer: object
     timeout_s: float = 600.0
+    greedy_ok: bool | None = None  # temperature 0 is greedy there; None: ask the server's /health
+
+    def is_cwm_serve(self) -> bool:
+        import httpx
+
+        if self.greedy_ok is None:
+            try:
+                reply = httpx.get(self.url.rstrip("/") + "/health", timeout=min(self.timeout_s, 10.0))
+                self.greedy_ok = reply.status_code == 200 and reply.json().get("server") == CWM_SERVE
+            except (httpx.HTTPError, ValueError, AttributeError):  # no /health, not JSON, not an object
+                self.greedy_ok = False
+        return self.greedy_ok
 
     def complete(self, prompt, stop=(), sampling=Sampling()) -> Completion:
         import httpx
 
+        temperature = sampling.temperature
+        if temperature == 0 and not self.is_cwm_serve():
+            temperature = NEAR_GREEDY_TEMPERATURE
         body = {
             "prompt": prompt if isinstance(prompt, str) else [int(t) for t in prompt],
             "max_tokens": sampling.max_new_tokens,
-            "temperature": sampling.temperature,
+            "temperature": temperature,
             "top_p": sampling.top_p,
             # one stop as a plain string: the release's server accepts only `str | None`
             "stop": stop[0] if len(stop) == 1 else (list(stop) or None),
@@ -159,14 +190,18 @@ class HTTPBackend:
             body = reply.json()
             choice = body["choices"][0]
             tokens = [int(t) for t in choice["tokens"]]
-        except (ValueError, KeyError, IndexError, TypeError) as e:
+            text = choice.get("text")
+            text = text if isinstance(text, str) else self.tokenizer.decode(tokens)
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
             raise BackendError(
                 f"{endpoint} did not answer like the release's /completions (choices[0].tokens): {e!r}"
             ) from None
+        stop_ids, strings = split_stops(self.tokenizer, stop)
+        stopped = (bool(tokens) and tokens[-1] in stop_ids) or any(s in text for s in strings)
+        usage = body.get("usage")
         return Completion(
-            tokens=tokens, text=choice.get("text", self.tokenizer.decode(tokens)),
-            finish_reason=choice.get("finish_reason", "stop"),
-            prompt_tokens=body.get("usage", {}).get("prompt_tokens", 0),
+            tokens=tokens, text=text, finish_reason="stop" if stopped else "length",
+            prompt_tokens=usage.get("prompt_tokens", 0) if isinstance(usage, dict) else 0,
         )
 
 

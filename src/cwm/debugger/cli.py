@@ -1,15 +1,23 @@
-"""`cwm debug FILE.py --call EXPR [--model DIR | --server URL]`: the neural debugger at a prompt.
+"""`cwm debug FILE.py [--call EXPR | --entry NAME] [--model DIR | --server URL]`: the neural
+debugger at a prompt.
 
 Shows the source with the current line, the predicted frame and its locals, and (when the
 program runs in the sandbox) the real frame beside it with the first divergence marked.
+Without --call (demo mode) the model predicts the entry call frame itself, as the release's demo.
 `--auto` runs to the end without a prompt and prints a summary; `--report FILE.html` writes the
 predicted trace against the real one as a self-contained HTML page.
+
+At the prompt, as in pdb: line editing and history (readline; kept in
+$XDG_CACHE_HOME/cwm/debug_history, default ~/.cache/cwm), Enter repeats the last command,
+Ctrl-C stops the prediction under way (the frames so far stay), Ctrl-D or `q` quits.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 HELP = """commands:
   s, step          next frame (into calls)
@@ -18,14 +26,17 @@ HELP = """commands:
   b, back          drop the last frame
   p, print [VAR]   the current locals, or one of them
   set VAR = EXPR   what-if: give VAR a new value in the current frame and continue from there
-  reset            back to the entry call
+  reset            back to the entry call (demo mode: the model predicts it again)
   report FILE      write the HTML report
-  q, quit"""
+  q, quit          (also Ctrl-D)
+Enter repeats the last command; Ctrl-C stops a prediction under way."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="a Python file")
-    parser.add_argument("--call", required=True, help="the entry call, e.g. 'collatz_steps(6)'")
+    parser.add_argument("--call", help="the entry call, e.g. 'collatz_steps(6)'; without it (demo mode) the model "
+                                       "predicts the call to the function marked `# << START_OF_TRACE`")
+    parser.add_argument("--entry", help="demo mode: the function whose call the model predicts (instead of a marker)")
     parser.add_argument("--model", help="local checkpoint directory")
     parser.add_argument("--server", help="URL of a server with /completions")
     parser.add_argument("--tokenizer", help="tokenizer files (needed with --server)")
@@ -48,11 +59,12 @@ def run(args) -> int:
 
     try:
         program = Path(args.file).read_text()
-        context, real, note = prepare(program, args.call, run_real=not args.no_real, timeout=args.timeout)
+        context, real, note = prepare(program, args.call, run_real=not args.no_real, timeout=args.timeout,
+                                      entry=args.entry)
         backend = open_backend(args.model, args.server, args.tokenizer or args.model, args.device)
         sampling = Sampling(temperature=args.temperature, top_p=args.top_p if args.temperature > 0 else 1.0,
                             max_new_tokens=args.max_frame_tokens)
-        session = Session(backend, context, real=real, sampling=sampling)
+        session = Session(backend, context, real=real, sampling=sampling, predict_entry=args.call is None)
         if note:
             print(note)
         if args.auto:
@@ -65,6 +77,9 @@ def run(args) -> int:
     except (OSError, ValueError, BackendError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside the prompt (loading, the real run, --auto)
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def _auto(session, max_steps: int) -> int:
@@ -78,6 +93,36 @@ def _auto(session, max_steps: int) -> int:
     return 0
 
 
+def history_file() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "cwm" / "debug_history"
+
+
+def _line_editing():
+    """readline editing and history when the prompt is a terminal; returns what saves the history."""
+    if not sys.stdin.isatty():
+        return lambda: None
+    try:
+        import readline
+    except ImportError:  # a Python without readline: plain input()
+        return lambda: None
+    path = history_file()
+    try:
+        readline.read_history_file(path)
+    except OSError:  # the first session, or an unreadable file: start empty
+        pass
+    readline.set_history_length(1000)
+
+    def save():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            readline.write_history_file(path)
+        except OSError as e:
+            print(f"note: history not saved ({e})", file=sys.stderr)
+
+    return save
+
+
 def _interactive(session) -> int:
     from rich.console import Console
 
@@ -85,58 +130,91 @@ def _interactive(session) -> int:
 
     console = Console()
     console.print(show(session))
-    while True:
-        try:
-            line = input("(cwm) ").strip()
-        except EOFError:
-            return 0
-        word, _, rest = line.partition(" ")
-        try:
-            if word in ("q", "quit", "exit"):
+    save_history = _line_editing()
+    try:
+        last = ""
+        while True:
+            try:
+                line = input("(cwm) ").strip() or last  # Enter repeats the last command, as in pdb
+            except EOFError:
+                print()
                 return 0
-            elif word in ("h", "help", "?", ""):
-                print(HELP)
+            except KeyboardInterrupt:  # at the prompt: a fresh prompt, as pdb does
+                print("\n(q or Ctrl-D quits)")
                 continue
-            elif word in ("s", "step"):
-                session.step()
-            elif word in ("n", "next"):
-                session.next()
-            elif word in ("o", "out"):
-                session.out()
-            elif word in ("b", "back"):
-                session.back()
-            elif word == "reset":
-                session.reset()
-            elif word in ("p", "print"):
-                values = session.locals()
-                if rest and rest not in values:
-                    print(f"no local {rest!r} here; locals: {', '.join(values) or '(none)'}")
-                else:
-                    print(values[rest] if rest else values)
+            if not line:
                 continue
-            elif word == "set":
-                name, eq, value = rest.partition("=")
-                if not eq or not name.strip().isidentifier():
-                    print("usage: set VAR = EXPR")
+            last = line
+            before = len(session.steps)
+            try:
+                if _command(session, line) is False:
                     continue
-                session.set_local(name.strip(), value.strip())
-            elif word == "report":
-                print(f"report: {_write_report(session, rest or 'cwm-debug-report.html')}")
+            except KeyboardInterrupt:  # the prediction under way stops; the session keeps its frames
+                print("\ninterrupted: the frames predicted so far are kept")
+            except ValueError as e:  # a command the session refuses: say why, keep the session
+                print(f"error: {e}")
                 continue
-            else:
-                print(f"unknown command {word!r}\n{HELP}")
-                continue
-        except ValueError as e:  # a what-if the session refuses: say why, keep the session
-            print(f"error: {e}")
-            continue
-        console.print(show(session))
+            except _Quit:
+                return 0
+            console.print(show(session, passed=session.steps[before:-1]))
+    finally:
+        save_history()
+
+
+class _Quit(Exception):
+    pass
+
+
+def _command(session, line: str) -> bool | None:
+    """Run one command; False when there is no new state to show."""
+    word, _, rest = line.partition(" ")
+    rest = rest.strip()
+    if word in ("q", "quit", "exit"):
+        raise _Quit
+    elif word in ("h", "help", "?"):
+        print(HELP)
+        return False
+    elif word in ("s", "step"):
+        session.step()
+    elif word in ("n", "next"):
+        session.next()
+    elif word in ("o", "out"):
+        session.out()
+    elif word in ("b", "back"):
+        session.back()
+    elif word == "reset":
+        session.reset()
+    elif word in ("p", "print"):
+        values = session.locals()
+        if rest and rest not in values:
+            print(f"no local {rest!r} here; locals: {', '.join(values) or '(none)'}")
+        else:
+            print(values[rest] if rest else values)
+        return False
+    elif word == "set":
+        name, eq, value = rest.partition("=")
+        if not eq or not name.strip().isidentifier():
+            print("usage: set VAR = EXPR")
+            return False
+        session.set_local(name.strip(), value.strip())
+    elif word == "report":
+        print(f"report: {_write_report(session, rest or 'cwm-debug-report.html')}")
+        return False
+    else:
+        print(f"unknown command {word!r}\n{HELP}")
+        return False
+    return None
 
 
 def _write_report(session, path: str):
+    """The report of the session's steps, paired with the real frames as the console pairs them."""
     from cwm.debugger.report import write_report
 
-    predicted = [f for f in session.frames()[1:] if f is not None]
-    real = (session.real or [])[1:]
-    valid = all(s.error is None for s in session.steps)
-    return write_report(path, session.context, real, predicted, title="cwm debug: predicted vs real trace",
-                        valid=valid)
+    steps = session.steps[session.given:]
+    real = (session.real or [])[1:]  # the entry call frame is given, not predicted
+    pairs = [None if i is None else i - 1 for i in session.real_indexes()[session.given:]]
+    edited = next((k for k, s in enumerate(steps) if s.edited), None)
+    return write_report(path, session.context, real, [s.frame for s in steps],
+                        title="cwm debug: predicted vs real trace", pairs=pairs,
+                        raw=[(s.text, s.error) if s.error else None for s in steps], edited_from=edited,
+                        missing_tail=session.done)

@@ -13,16 +13,23 @@ release's demo does (demos/cwmdbg.py):
   reset  back to the entry call frame
   set    what-if: give a local of the current frame a new value; later frames follow from it
 
-The entry is wrapped as CruxEval's trace mode does: the context is the program plus
-`def main():  # << START_OF_TRACE` returning the call, and main's call frame is given, so the
-model never has to guess the inputs. When the program can run (in the sandbox), the real trace
-is kept beside the predicted one and each predicted frame is paired with its real counterpart.
-Malformed model output becomes a frame marked malformed, never an exception.
+Two ways in:
+  --call EXPR   the entry is wrapped as CruxEval's trace mode does: the context is the program
+                plus `def main():  # << START_OF_TRACE` returning the call, and main's call
+                frame is given, so the model never has to guess the inputs. When the program can
+                run (in the sandbox), the real trace is kept beside the predicted one and each
+                predicted frame is paired with its real counterpart.
+  demo mode     (no --call) the program as it is, its entry `def` marked, as the release's demo
+                takes it: the model predicts the first call frame itself, arguments included
+                (a forced <|call_sep|> right after the context); `reset` samples it again.
+A frame is complete when its tokens end with <|frame_sep|> (whatever the server's
+finish_reason says). Malformed model output becomes a frame marked malformed, never an exception.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass, field
 
 from cwm.backends import Backend, Sampling
@@ -52,6 +59,7 @@ class Session:
     sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.0, max_new_tokens=512))
     steps: list[Step] = field(default_factory=list)
     done: bool = False  # the model ended the trace (<|end_of_text|>)
+    predict_entry: bool = False  # demo mode: the model predicts the entry call frame too
 
     def __post_init__(self):
         self.tok = self.backend.tokenizer
@@ -61,10 +69,13 @@ class Session:
     # --- commands ---------------------------------------------------------------------------
 
     def reset(self) -> Step:
+        self.done = False
+        if self.predict_entry:  # the release's demo: the model writes the call frame, arguments included
+            self.steps = []
+            return self._predict(CALL)
         first = self.real[0] if self.real else entry_frame(self.context)
         ids = tracetext.frames_ids(self.tok, self.context, [first])[0]
         self.steps = [Step(first, ids, self.tok.decode(ids))]
-        self.done = False
         return self.current
 
     def step(self) -> Step:
@@ -101,9 +112,11 @@ class Session:
         return self.current
 
     def back(self) -> Step:
-        if len(self.steps) > 1:
+        if len(self.steps) > 1 or (self.predict_entry and self.current.error):
             self.steps.pop()
         self.done = False
+        if not self.steps:  # demo mode, a malformed entry frame dropped: predict it again
+            return self.reset()
         return self.current
 
     def set_local(self, name: str, value: str) -> Step:
@@ -137,18 +150,31 @@ class Session:
         return {}
 
     @property
+    def given(self) -> int:
+        """How many leading steps were given rather than predicted (the entry call frame, or none)."""
+        return 0 if self.predict_entry else 1
+
+    @property
     def edited(self) -> bool:
         return any(s.edited for s in self.steps)
 
     def frames(self) -> list[Frame | None]:
         return [s.frame for s in self.steps]
 
-    def real_pairs(self) -> list[Frame | None]:
-        """For each predicted step, the real frame at the same point of the execution (or None)."""
+    def real_indexes(self) -> list[int | None]:
+        """For each step, the index of the real frame it stands for (None: none, or no real trace).
+
+        Steps follow the real trace frame by frame, except that a return forced right after a call
+        (a step over) stands for that call's own return (`follow_real`). The console and the HTML
+        report both pair frames with this."""
         if self.real is None:
             return [None] * len(self.steps)
         events = [s.frame.event if s.frame else None for s in self.steps]
-        return [self.real[i] if i is not None and i < len(self.real) else None for i in follow_real(self.real, events)]
+        return [i if i < len(self.real) else None for i in follow_real(self.real, events)]
+
+    def real_pairs(self) -> list[Frame | None]:
+        """For each predicted step, the real frame at the same point of the execution (or None)."""
+        return [None if i is None else self.real[i] for i in self.real_indexes()]
 
     def first_divergence(self) -> int | None:
         """The first step whose prediction differs from its real frame (None if none or no real trace)."""
@@ -172,20 +198,29 @@ class Session:
             raise ValueError("the current frame is malformed; `back` drops it, `reset` starts over")
         return not self.done
 
+    def prompt(self, forced: str | None = None) -> list[int]:
+        """What the next prediction is asked with: context, frames so far, a forced event token."""
+        forced_ids = [self.tok.special_id(f"<|{forced}_sep|>")] if forced else []
+        return self.context_ids + [t for s in self.steps for t in s.ids] + forced_ids
+
     def _predict(self, forced: str | None = None) -> Step:
         forced_ids = [self.tok.special_id(f"<|{forced}_sep|>")] if forced else []
-        before = self.context_ids + [t for s in self.steps for t in s.ids]
+        before = self.prompt()
         completion = self.backend.complete(before + forced_ids, stop=["<|frame_sep|>"], sampling=self.sampling)
-        tokens = forced_ids + completion.tokens
-        if completion.tokens[:1] == [self.tok.eos_id] or (not completion.tokens and not forced):
+        generated = completion.tokens
+        if self.tok.frame_sep_id in generated:  # a server that ignored the stop: one frame only
+            generated = generated[:generated.index(self.tok.frame_sep_id) + 1]
+        tokens = forced_ids + generated
+        if self.steps and (generated[:1] == [self.tok.eos_id] or (not generated and not forced)):
             self.done = True
             return self.current
         frames, error = tracetext.parse_frames(self.tok, before, tokens)
-        if frames and error is None and completion.finish_reason == "stop":
+        # complete = ends with <|frame_sep|>; the server's finish_reason is not read (fgserve: "length")
+        if frames and error is None and tokens[-1:] == [self.tok.frame_sep_id]:
             step = Step(frames[0], tokens, self.tok.decode(tokens))
         else:
             if error is None:
-                error = "the model ran out of tokens before <|frame_sep|>"
+                error = f"no <|frame_sep|> within {self.sampling.max_new_tokens} tokens"
             if tokens[-1:] != [self.tok.frame_sep_id]:
                 tokens = tokens + [self.tok.frame_sep_id]  # keep the prompt's frames delimited
             step = Step(None, tokens, self.tok.decode(tokens), error=error)
@@ -193,13 +228,52 @@ class Session:
         return step
 
 
-def prepare(program: str, call: str, run_real: bool = True, timeout: float = 10.0,
-            ) -> tuple[str, list[Frame] | None, str | None]:
+_ANY_MARKER = re.compile(r"[ \t]*# << START_OF_TRACE[ \t]*$", re.MULTILINE)
+
+
+def mark_entry(program: str, entry: str | None = None) -> str:
+    """The program as the release's demo takes it, its entry's `def` line ending with the marker.
+
+    With `entry`, that function's `def` line gets the marker (the program must not mark another);
+    without, the program must already mark exactly one line."""
+    try:
+        tree = ast.parse(program)
+    except SyntaxError as e:
+        raise ValueError(f"the program does not parse: line {e.lineno}: {e.msg}") from None
+    marked = [n for n, line in enumerate(program.splitlines(), 1) if _ANY_MARKER.search(line)]
+    if entry is None:
+        if len(marked) != 1:
+            raise ValueError(
+                "the program marks no entry (end its entry's def line with `  # << START_OF_TRACE`, or pass "
+                "--entry NAME or --call EXPR)" if not marked else
+                f"the program marks {len(marked)} entries (lines {', '.join(map(str, marked))}); keep one"
+            )
+        return program
+    defs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == entry]
+    if not defs:
+        raise ValueError(f"the program defines no function {entry!r} (--entry)")
+    if marked:
+        raise ValueError(f"the program already marks an entry at line {marked[0]}; drop the marker or --entry")
+    lines = program.splitlines(keepends=True)
+    n = defs[0].lineno - 1
+    lines[n] = lines[n].rstrip("\r\n") + MARKER + "\n"
+    return "".join(lines)
+
+
+def prepare(program: str, call: str | None, run_real: bool = True, timeout: float = 10.0,
+            entry: str | None = None) -> tuple[str, list[Frame] | None, str | None]:
     """The session's context and, if the program runs (in the sandbox), its real trace.
 
+    Without `call` (demo mode) the context is the program with its entry marked (`mark_entry`)
+    and there is no real trace: the model chooses the arguments.
     Returns (context, real frames or None, a note for the user or None).
     """
-    context = entry_context(program, call)
+    if call is None:
+        context = mark_entry(program, entry)
+        return context, None, "note: the model predicts the entry call, arguments included (demo mode); no real trace"
+    if entry is not None:
+        raise ValueError("give --call EXPR (the inputs are yours) or --entry NAME (the model chooses them), not both")
+    context = entry_context(_ANY_MARKER.sub("", program), call)  # one entry: main
     if not run_real:
         return context, None, None
     from cwm.trace import trace_call

@@ -3,6 +3,8 @@ real one beside it, and the summary printed by `cwm debug --auto`."""
 
 from __future__ import annotations
 
+import re
+
 from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
@@ -30,7 +32,21 @@ def describe(frame: Frame | None) -> str:
     return f"{frame.event:<9} {frame.source.strip()}   {what}"
 
 
-def show(session, around: int = 6):
+def _passed_row(session, step) -> str:
+    """A frame a command went through on its way (a stepped-over call, its predicted return)."""
+    if step.frame is None:
+        return f"[red]malformed: {escape(step.error or '')}[/]"
+    i = next(i for i, s in enumerate(session.steps) if s is step)
+    before = session.steps[i - 1].frame if i > 0 else None
+    if step.frame.event == RETURN and before is not None and before.event == "call":
+        name = re.match(r"\s*(?:async\s+)?def\s+(\w+)", before.source)
+        return f"[bold]{escape(name.group(1) if name else 'the call')} returned {escape(str(step.frame.value))}[/]"
+    return escape(describe(step.frame))
+
+
+def show(session, around: int = 6, passed=()):
+    """The current step; `passed`: the steps the last command went through before it (`next`
+    shows the stepped-over call and the return value the model predicted for it)."""
     step = session.current
     real = session.real_pairs()[-1]
     here = line_number(session.context, step.frame)
@@ -45,6 +61,8 @@ def show(session, around: int = 6):
     frames = Table(show_header=True, header_style="bold")
     frames.add_column(f"step {len(session.steps) - 1}")
     frames.add_column("frame")
+    for s in list(passed)[-8:]:
+        frames.add_row("passed", _passed_row(session, s))
     if step.error:
         frames.add_row("predicted", f"[red]malformed: {escape(step.error)}[/]\n{escape(step.text)}")
     else:
@@ -62,7 +80,7 @@ def show(session, around: int = 6):
 
 
 def summary(session) -> str:
-    predicted = [s.frame for s in session.steps[1:]]
+    predicted = [s.frame for s in session.steps[session.given:]]
     malformed = sum(s.error is not None for s in session.steps)
     lines = [f"predicted frames: {len(predicted)} (ended: {'yes' if session.done else 'no'}, malformed: {malformed})"]
     last = next((f for f in reversed(predicted) if f is not None), None)
