@@ -55,6 +55,7 @@ typedef struct {
     double deadline;        /* time.monotonic() past which the trace stops; 0: none */
     Py_ssize_t nbytes;      /* of the trace text so far */
     char started, completed, done;
+    char displaced;         /* a settrace not ours ran on this thread while installed (see settrace_audit) */
     char after_return;      /* the last frame was a return: the next line frame is written in full */
     PyObject *failure;      /* the exception that ended recording, or NULL */
     Scope *scopes;
@@ -62,6 +63,31 @@ typedef struct {
 } Tracer;
 
 static PyObject *EVENT_NAMES[NEVENTS], *MODULE_NAME, *EMPTY_TUPLE;
+
+/* Every PyEval_SetTrace, sys.settrace included, raises the audit event "sys.settrace", which no
+ * program can unhook. While a Tracer is installed (`watched`), any such call on its thread that is
+ * not our own marks it displaced: a program that removed the trace function through the C API
+ * (ctypes) and put it back has lost events, and its trace must not pass for whole. */
+static Tracer *watched;
+static PyThreadState *watched_tstate;
+static int own_settrace;
+
+static int
+settrace_audit(const char *event, PyObject *Py_UNUSED(args), void *Py_UNUSED(data))
+{
+    if (watched != NULL && !watched->done && !own_settrace && PyThreadState_Get() == watched_tstate
+        && strcmp(event, "sys.settrace") == 0)
+        watched->displaced = 1;
+    return 0;
+}
+
+static void
+set_trace_ours(Py_tracefunc func, PyObject *obj)
+{
+    own_settrace = 1;
+    PyEval_SetTrace(func, obj);
+    own_settrace = 0;
+}
 static PyObject *json_str; /* json's encode_basestring_ascii: a str as a JSON string, in C */
 static const char *FRAME_FIELDS[7] = {"event", "lineno", "source", "locals", "value", "depth", "rewritten"};
 
@@ -589,7 +615,7 @@ on_leave(Tracer *self, PyFrameObject *frame, int event, PyObject *value)
         pop_scope(self);
         if (self->nscopes == 0) { /* the entry scope is left: the trace is complete */
             self->done = self->completed = 1;
-            PyEval_SetTrace(NULL, NULL); /* nothing more to see: the rest runs at full speed */
+            set_trace_ours(NULL, NULL); /* nothing more to see: the rest runs at full speed */
         }
     }
     return status;
@@ -787,6 +813,8 @@ Tracer_clear(Tracer *self)
 static void
 Tracer_dealloc(Tracer *self)
 {
+    if (watched == self)
+        watched = NULL;
     PyObject_GC_UnTrack(self);
     Tracer_clear(self);
     PyMem_Free(self->scopes);
@@ -802,13 +830,17 @@ Tracer_install(Tracer *self, PyObject *Py_UNUSED(ignored))
         PyErr_SetString(PyExc_RuntimeError, "the Tracer was not set up");
         return NULL;
     }
-    PyEval_SetTrace(trace, (PyObject *)self);
+    watched = self;
+    watched_tstate = PyThreadState_Get();
+    set_trace_ours(trace, (PyObject *)self);
     Py_RETURN_NONE;
 }
 
 static PyObject *
 Tracer_close(Tracer *self, PyObject *Py_UNUSED(ignored))
 {
+    if (watched == self)
+        watched = NULL;
     clear_scopes(self); /* the frames (and their locals) are let go once the run is over */
     Py_RETURN_NONE;
 }
@@ -826,6 +858,7 @@ static PyMemberDef Tracer_members[] = {
     {"completed", T_BOOL, offsetof(Tracer, completed), READONLY, "the entry's scope was left: the trace is whole"},
     {"done", T_BOOL, offsetof(Tracer, done), 0, "recording has ended: every event is ignored"},
     {"failure", T_OBJECT, offsetof(Tracer, failure), READONLY, "the exception that ended recording, or None"},
+    {"displaced", T_BOOL, offsetof(Tracer, displaced), READONLY, "another settrace ran while installed (until close)"},
     {NULL},
 };
 
@@ -859,7 +892,7 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__ctrace(void)
 {
-    if (PyType_Ready(&TracerType) < 0)
+    if (PyType_Ready(&TracerType) < 0 || PySys_AddAuditHook(settrace_audit, NULL) < 0)
         return NULL;
     static const char *names[NEVENTS] = {"call", "line", "return", "exception"}; /* format.EVENTS */
     for (int e = 0; e < NEVENTS; e++)
