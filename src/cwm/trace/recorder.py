@@ -124,7 +124,8 @@ class _Recorder:
             if func is tracer:
                 tracer.install()
                 return
-            self.removed = True
+            if not tracer.done:  # after the trace has ended, the program may trace as it likes
+                self.removed = True
             real_settrace(func)
 
         with self.values:
@@ -139,9 +140,10 @@ class _Recorder:
                     self.status, self.error = "error", f"the program raised {type(e).__name__}: {e}"
             finally:
                 still_ours = sys.gettrace() is tracer
+                displaced = tracer.displaced  # read before our own uninstall; close() stops the watch
+                tracer.close()
                 real_settrace(None)
                 sys.settrace = real_settrace
-                tracer.close()
         failure = tracer.failure
         if failure is not None:  # an exception inside the trace function
             if isinstance(failure, RecursionError):  # the program is at the limit: no room left to record
@@ -149,12 +151,15 @@ class _Recorder:
                 self.error = f"the program reached the recursion limit ({sys.getrecursionlimit()} frames)"
             else:
                 self.status, self.error = "tracer_error", f"the tracer failed: {type(failure).__name__}: {failure}"
+        elif tracer.started and (self.removed or displaced):  # events were lost, even if it was put back
+            self.status, self.return_value = "tracer_removed", None
+            self.error = "the program removed or replaced the trace function (events are missing)"
         elif self.status is None:
             if tracer.completed:
                 self.status, self.return_value, self.error = outcome(self.frames)
             elif not tracer.started:
                 self.status, self.error = "not_reached", "the entry point never ran"
-            elif self.removed or not still_ours:
+            elif not still_ours:
                 self.status, self.error = "tracer_removed", "the program removed or replaced the trace function"
             else:
                 self.status, self.error = "tracer_removed", "the trace function stopped receiving events"
