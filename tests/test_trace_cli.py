@@ -35,14 +35,14 @@ def test_marker_entry_and_limits(tmp_path):
     data = json.loads(cwm(str(prog), "--entry", "sq", "--format", "json").stdout)
     assert data["status"] == "ok" and data["frames"][0]["locals"] == {"x": "7"}
     out = cwm("examples/collatz.py", "--call", "collatz_steps(27)", "--max-events", "20", "--format", "json")
-    assert out.returncode == 1 and json.loads(out.stdout)["status"] == "event_limit"
+    assert out.returncode == 3 and json.loads(out.stdout)["status"] == "event_limit"
 
 
 def test_hostile_program_is_stopped_by_timeout(tmp_path):
     prog = tmp_path / "spin.py"
     prog.write_text("import time\ndef f():\n    time.sleep(60)\n")  # no events to stop it: the sandbox kills it
     out = cwm(str(prog), "--call", "f()", "--timeout", "0.5", "--format", "json")
-    assert out.returncode == 1 and json.loads(out.stdout)["status"] == "timeout"
+    assert out.returncode == 3 and json.loads(out.stdout)["status"] == "timeout"
 
 
 def test_user_errors_give_one_line_and_exit_2(tmp_path):
