@@ -456,11 +456,8 @@ def build(out: str | os.PathLike, params: BuildParams, workers: int = 1, ray: st
     with contextlib.ExitStack() as stack:
         pool = None
         if workers > 1 and ray is None and manifest["kind"] == "traces":
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
             # fork: each worker starts as a copy of this warm process, and forks its sandboxes from itself.
-            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")))
+            pool = stack.enter_context(_Workers(workers))
         done = sum(entry["rows"] for entry in manifest["shards"].values())
         with _progress(progress, num_records - done, done) as advance:
             if manifest["kind"] == "code":
@@ -591,7 +588,7 @@ def _code_record(index: int, path: str, text: str) -> dict:
     return {"index": index, "id": content_id(text), "path": path, "text": text, "num_bytes": len(text.encode())}
 
 
-def _run_local(pool, workers: int):
+def _run_local(pool: "_Workers | None", workers: int):
     """Tasks in this process (no pool: 1 worker, in order) or in the pool of warm worker processes;
     yields (task, result) as each finishes."""
 
@@ -599,19 +596,112 @@ def _run_local(pool, workers: int):
         if pool is None:
             for task in tasks:
                 yield task, run_task(task, params)
-            return
-        from concurrent.futures import FIRST_COMPLETED, wait
-
-        queue, running = list(reversed(tasks)), {}
-        while queue or running:
-            while queue and len(running) < 4 * workers:  # a bounded window keeps memory flat
-                task = queue.pop()
-                running[pool.submit(run_task, task, params)] = task
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                yield running.pop(future), future.result()
+        else:
+            yield from pool.run(tasks, params)
 
     return run
+
+
+class _Workers:
+    """Warm worker processes (forks of this one), each running one task at a time, made to stop:
+
+    - close() (on the way out of the build, also when Ctrl-C interrupts it) sends each worker
+      SIGTERM, which makes it leave at once (killing the sandbox it may be running on the way),
+      and SIGKILL to any still there after STOP_GRACE seconds;
+    - a worker dies with the main process, even one killed with -9: PR_SET_PDEATHSIG sends it
+      SIGTERM then (and it leaves at once if the main process died before it could ask for that);
+    - SIGINT makes a worker leave too: Ctrl-C in a terminal signals the whole process group.
+
+    (concurrent.futures' pool deadlocked on Ctrl-C and left its workers behind on kill -9.)
+    """
+
+    STOP_GRACE = 1.0
+
+    def __init__(self, count: int):
+        import multiprocessing
+
+        context = multiprocessing.get_context("fork")
+        self.procs, self.conns = [], []
+        try:
+            for _ in range(count):
+                ours, theirs = context.Pipe()
+                proc = context.Process(target=_worker, args=(theirs, os.getpid(), list(self.conns)), daemon=True)
+                proc.start()
+                theirs.close()
+                self.procs.append(proc)
+                self.conns.append(ours)
+        except BaseException:
+            self.close()
+            raise
+
+    def run(self, tasks: list[Task], params: BuildParams):
+        """Yield (task, result) as each finishes; at most one task per worker at a time (a worker
+        never has a task waiting in its pipe while it sends a result back, so neither side blocks)."""
+        from multiprocessing.connection import wait
+
+        queue, idle, busy = list(reversed(tasks)), list(self.conns), {}
+        while queue or busy:
+            while queue and idle:
+                conn = idle.pop()
+                busy[conn] = queue.pop()
+                conn.send((busy[conn], params))
+            for conn in wait(list(busy)):
+                try:
+                    ok, result = conn.recv()
+                except EOFError:
+                    raise RuntimeError("a build worker died (killed from outside?); rerun the same command to resume") from None
+                if not ok:
+                    raise RuntimeError(f"a build worker failed:\n{result}")
+                idle.append(conn)
+                yield busy.pop(conn), result
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.close()
+        for proc in self.procs:
+            if proc.exitcode is None:
+                proc.terminate()
+        deadline = time.monotonic() + self.STOP_GRACE
+        for proc in self.procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.exitcode is None:
+                proc.kill()
+                proc.join()
+
+    def __enter__(self) -> "_Workers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _worker(conn, parent: int, inherited: list) -> None:
+    """A worker's life: run the tasks that come through `conn` until it closes or a signal says stop."""
+    import ctypes
+    import signal
+    import traceback
+
+    for other in inherited:  # the main process's ends of the workers forked before: theirs to close
+        other.close()
+
+    def leave(signum, frame):
+        raise SystemExit(0)  # unwinds through the sandbox run in progress, which kills its sandbox
+
+    signal.signal(signal.SIGTERM, leave)
+    signal.signal(signal.SIGINT, leave)
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the main process died before prctl: nobody is waiting for us
+        return
+    while True:
+        try:
+            task, params = conn.recv()
+        except EOFError:
+            return
+        try:
+            reply = (True, run_task(task, params))
+        except Exception:
+            reply = (False, traceback.format_exc())
+        conn.send(reply)
 
 
 def _import_ray():

@@ -115,8 +115,9 @@ def render_report(source: str, real: list[Frame], predicted: list[Frame | None],
             f"<td>{'' if j is None else j + 1}</td>{_frame_cells(r)}{pred}</tr>"
         )
     predicted_frames = [p for p in predicted if p is not None]
-    last_pred = predicted_frames[-1] if predicted_frames else None
-    out_pred = last_pred.value if last_pred is not None and last_pred.event == RETURN else None
+    # the output: the value of the predicted frame that stands for the real trace's last (the entry's return)
+    ends = [p for _, p, _, j, _, edited in rows if j == len(real) - 1 and p is not None and not edited]
+    out_pred = ends[0].value if ends and ends[0].event == RETURN else None
     out_real = real[-1].value if real and real[-1].event == RETURN else None
     divergence = "none" if first is None else f"<a href='#first-divergence'>{html.escape(_number(rows, first))}</a>"
     summary = (
