@@ -4,6 +4,10 @@ The model is real but tiny and untrained: the cwm-tiny preset, randomly initiali
 save_pretrained beside a small BPE tokenizer trained here. Nothing is mocked.
 """
 
+import contextlib
+import json
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -11,6 +15,7 @@ import pytest
 from conftest import free_port, make_tiny_checkpoint, serving, wait_until_healthy
 
 from cwm.backends import BackendError, HTTPBackend, LocalBackend, Sampling
+from cwm.serve.app import MAX_BODY_BYTES
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +34,9 @@ GREEDY = Sampling(temperature=0.0, max_new_tokens=12)
 
 
 def test_health(server):
-    assert httpx.get(server + "/health").json() == {"status": "ok", "model": "tiny"}
+    reply = httpx.get(server + "/health").json()
+    assert reply | {"generated_tokens": 0} == {"status": "ok", "model": "tiny", "server": "cwm serve", "busy": False,
+                                               "waiting": 0, "generated_tokens": 0}
 
 
 def test_http_and_local_backends_agree_on_greedy_predictions(server, local):
@@ -164,3 +171,128 @@ def test_stop_string_ends_local_generation_early(local):
     cut = local.complete(prompt, stop=[stop], sampling=Sampling(max_new_tokens=40))
     assert cut.finish_reason == "stop" and stop in cut.text and stop not in tok.decode(cut.tokens[:-1])
     assert cut.tokens == free.tokens[: len(cut.tokens)] and len(cut.tokens) < 40
+
+
+# --- hostile numbers, bodies and clients ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("field, value", [
+    ("temperature", 1e-300), ("temperature", -0.5), ("temperature", float("nan")), ("temperature", float("inf")),
+    ("temperature", 1e6), ("top_p", float("nan")), ("top_p", 0), ("top_p", -1), ("top_p", 1.5),
+    ("seed", 2**64), ("seed", -1), ("max_tokens", 0), ("max_tokens", -3), ("max_tokens", 10**30),
+    ("n", 0), ("prompt", [2**70]), ("prompt", [-1]),
+])
+@pytest.mark.parametrize("endpoint", ["/completions", "/v1/completions"])
+def test_every_invalid_number_gets_a_4xx_naming_it(server, endpoint, field, value):
+    body = {"prompt": [1, 2], "max_tokens": 4} | {field: value}
+    # json.dumps writes NaN and Infinity as Python's json does (and some clients send them)
+    reply = httpx.post(server + endpoint, content=json.dumps(body), headers={"content-type": "application/json"})
+    assert reply.status_code in (400, 422), (field, value, reply.status_code, reply.text)
+    assert field in reply.text
+
+
+def test_a_chunked_body_over_the_cap_is_refused_without_being_read_whole(server):
+    sent = 0
+    piece = b" " * (64 << 10)
+
+    def body():  # 100 MB, chunked (no Content-Length)
+        nonlocal sent
+        for _ in range(1600):
+            sent += len(piece)
+            yield piece
+
+    reply = httpx.post(server + "/completions", content=body(), headers={"content-type": "application/json"})
+    assert reply.status_code == 413 and "body over" in reply.text
+    assert sent < MAX_BODY_BYTES + (16 << 20)  # the server stopped reading near the cap (+ socket buffers)
+    assert httpx.get(server + "/health").status_code == 200  # and it still serves
+
+
+def _idle(server, timeout=10.0) -> dict:
+    """/health once no generation runs or waits."""
+    deadline = time.monotonic() + timeout
+    while (h := httpx.get(server + "/health").json())["busy"] or h["waiting"]:
+        assert time.monotonic() < deadline, f"the server is still busy: {h}"
+        time.sleep(0.02)
+    return h
+
+
+@contextlib.contextmanager
+def _client_waiting(server, body):
+    """A raw client that sends `body` to /completions and, on leaving the block, hangs up unanswered."""
+    data = json.dumps(body).encode()
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as conn:
+        conn.sendall(b"POST /completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                     b"content-length: %d\r\n\r\n%s" % (len(data), data))
+        yield
+
+
+def _wait_for(server, condition, timeout=20.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while not condition(h := httpx.get(server + "/health").json()):
+        assert time.monotonic() < deadline, f"/health never showed it: {h}"
+        time.sleep(0.02)
+    return h
+
+
+LONG = {"prompt": "def f(x):\n", "max_tokens": 500, "temperature": 0}  # greedy: no stop token before 500
+
+
+def test_health_answers_at_once_while_generations_queue(server):
+    _idle(server)
+    with contextlib.ExitStack() as clients, httpx.Client() as client:  # one connection: time the answer only
+        for _ in range(3):
+            clients.enter_context(_client_waiting(server, LONG))
+        _wait_for(server, lambda h: h["busy"] and h["waiting"] == 2)
+        times = []
+        for _ in range(10):
+            start = time.perf_counter()
+            assert client.get(server + "/health").status_code == 200
+            times.append(time.perf_counter() - start)
+            time.sleep(0.02)
+    assert max(times) < 0.1, times
+    _idle(server, timeout=3)  # the clients hung up: the running one stopped, the queued ones never ran
+
+
+def test_generation_stops_when_the_client_hangs_up(server):
+    before = _idle(server)["generated_tokens"]
+    with _client_waiting(server, LONG):
+        _wait_for(server, lambda h: h["generated_tokens"] >= before + 3)  # it is generating
+    gone = time.monotonic()  # the client hung up
+    after = _idle(server, timeout=3)
+    assert time.monotonic() - gone < 1.0  # stopped at once, not after 500 tokens
+    assert after["generated_tokens"] - before < LONG["max_tokens"]
+
+
+# --- streaming -----------------------------------------------------------------------------------
+
+
+def test_openai_client_streams_the_same_text_as_the_plain_answer(server, local):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=server + "/v1", api_key="unused")
+    for prompt, stop in [("def f(x):\n", None), ("def g(a, b):\n    return", ["(", ")"])]:
+        plain = client.completions.create(model="tiny", prompt=prompt, max_tokens=40, temperature=0, stop=stop)
+        chunks = list(client.completions.create(model="tiny", prompt=prompt, max_tokens=40, temperature=0,
+                                                stop=stop, stream=True))
+        assert len(chunks) >= 2  # text as it comes, not one body
+        assert "".join(c.choices[0].text for c in chunks) == plain.choices[0].text
+        assert chunks[-1].choices[0].finish_reason == plain.choices[0].finish_reason
+        assert all(c.choices[0].finish_reason is None for c in chunks[:-1])
+
+
+def test_release_endpoint_streams_text_and_tokens(server, local):
+    body = {"prompt": "x = 1\n", "max_tokens": 12, "temperature": 0}
+    plain = httpx.post(server + "/completions", json=body).json()["choices"][0]
+    with httpx.stream("POST", server + "/completions", json=body | {"stream": True}) as reply:
+        assert reply.headers["content-type"].startswith("text/event-stream")
+        events = [line.removeprefix("data: ") for line in reply.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    choices = [json.loads(e)["choices"][0] for e in events[:-1]]
+    assert [t for c in choices for t in c["tokens"]] == plain["tokens"]
+    assert "".join(c["text"] for c in choices) == plain["text"]
+    assert choices[-1]["finish_reason"] == plain["finish_reason"]
+
+
+def test_a_bad_streamed_request_gets_its_4xx_before_any_event(server):
+    reply = httpx.post(server + "/v1/completions", json={"prompt": [1, 2], "max_tokens": 10**6, "stream": True})
+    assert reply.status_code == 400 and "context" in reply.text

@@ -98,7 +98,10 @@ class LocalBackend:
     def context_length(self) -> int:
         return int(self.model.cfg.max_seq_len)
 
-    def complete(self, prompt, stop=(), sampling=Sampling()) -> Completion:
+    def complete(self, prompt, stop=(), sampling=Sampling(), on_token=None) -> Completion:
+        """on_token(token), if given, is called as each token is chosen (after the stop-string
+        check); an exception it raises ends the generation and propagates (the server uses it to
+        stream tokens and to stop for a client that hung up)."""
         from cwm.model import generate
 
         ids = encode_prompt(self.tokenizer, prompt)
@@ -106,15 +109,17 @@ class LocalBackend:
         tokens: list[int] = []
         tail = max((len(s) for s in strings), default=0) + 4  # tokens that can hold a stop string
 
-        def on_token(row: int, token: int) -> None:
+        def each_token(row: int, token: int) -> None:
             tokens.append(token)
             if strings and any(s in self.tokenizer.decode(tokens[-tail:]) for s in strings):
                 raise _StopString  # generate has no stop strings: end it from its callback
+            if on_token is not None:
+                on_token(token)
 
         with self._lock:  # one generation at a time: the model and its caches are not shared
             try:
                 generate(self.model, ids, sampling.max_new_tokens, temperature=sampling.temperature,
-                         top_p=sampling.top_p, stop_tokens=sorted(stop_ids), seed=sampling.seed, on_token=on_token)
+                         top_p=sampling.top_p, stop_tokens=sorted(stop_ids), seed=sampling.seed, on_token=each_token)
             except _StopString:
                 pass
         stopped = bool(tokens) and (tokens[-1] in stop_ids or any(s in self.tokenizer.decode(tokens) for s in strings))
