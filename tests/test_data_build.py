@@ -215,3 +215,132 @@ def test_a_harvest_build_traces_real_functions_twice(tmp_path):
     assert rows["greet()"]["return_value"] == "'hello world'"
     assert rows["greet()"]["context"].startswith('def greet(name="world"):  # << START_OF_TRACE')
     assert all(r["status"] in ("ok", "exception") for r in rows.values())  # deterministic: kept
+
+
+# ---------------------------------------------------------------------------------------------
+# Bounded in time, stopped cleanly
+
+
+def test_the_run_check_is_bounded_in_int_size_and_in_time():
+    from cwm.data.synth import Program, generate_compiled, runs_within
+
+    # seed 0, program 1515 hung a 3000-program build: a loop squares its list, so ints double in
+    # size each turn within the event budget. Now a candidate whose ints pass 2**63 is rejected.
+    started = time.monotonic()
+    program, _ = generate_compiled(0, 1515)
+    assert time.monotonic() - started < 5
+    assert runs_within(program, 2000)
+    squaring = Program("def f(xs):\n    for k in range(40):\n        xs = [i * j for i, j in zip(xs, xs)]\n    return xs\n", "f([10, 5])")
+    started = time.monotonic()
+    assert not runs_within(squaring, 2000)
+    assert time.monotonic() - started < 1
+    # few events, each slow (C code): the CPU-time bound stops it
+    slow = Program("def f():\n    n = 0\n    for k in range(1000):\n        n += sum(range(10 ** 6))\n    return n\n", "f()")
+    started = time.monotonic()
+    assert not runs_within(slow, 100_000, max_seconds=0.3)
+    assert time.monotonic() - started < 2
+
+
+GENERATOR_FREED = """
+import sys
+from cwm.data.synth import Program, runs_within
+
+program = Program("def f(xs):\\n    n = 0\\n    for i in range(30):\\n        n += 1\\n    return all(x > 0 for x in xs)\\n", "f([1, -1, 2])")
+events = 0
+def count(frame, event, arg):
+    global events
+    events += 1
+    return count
+namespace = {}
+exec(program.source, namespace)
+sys.settrace(count)
+eval(program.call, namespace)
+sys.settrace(None)
+print(events, [m for m in range(1, events + 5) if runs_within(program, m)])
+"""
+
+
+def test_a_budget_exceeded_while_a_generator_is_freed_prints_nothing_and_still_rejects():
+    # all() leaves its generator suspended; freeing it runs it once more, where an exception can
+    # only be printed ("Exception ignored in ...") and tracing is turned off, so the run went on
+    # unchecked and passed. Every budget below the events the run needs must reject it, silently.
+    run = subprocess.run([sys.executable, "-c", GENERATOR_FREED], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    needed, passing = json.loads("[" + run.stdout.replace(" ", ",", 1) + "]")
+    assert passing == list(range(needed, needed + 5))
+
+
+def _build_processes(out) -> list[int]:
+    """Live processes (not zombies) started for a build into `out`: the main process, its workers and
+    their sandboxes all carry `out` on their command line (workers and sandboxes are forks)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().split(b"\0")
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if str(out).encode() in cmdline and state != "Z" and int(pid) != os.getpid():
+            found.append(int(pid))
+    return found
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for other in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{other}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    kids.append(int(other))
+        except OSError:
+            continue
+    return kids
+
+
+def _wait_for_shards(manifest, count: int, proc, limit: float = 60) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if len(json.loads(manifest.read_text())["shards"]) >= count:
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.01)
+    raise AssertionError(f"the build did not write {count} shards in time")
+
+
+def test_ctrl_c_ends_a_2_worker_build_within_2_s_with_nothing_left_and_a_rerun_resumes(tmp_path):
+    n = 60
+    reference = tmp_path / "reference"
+    build(reference, BuildParams(source="synth", n=n, seed=0, shard_size=4, max_events=2000, timeout=3.0, decontaminate=()), progress=False)
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen(_cli_build(out, n, workers=2), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for_shards(out / "manifest.json", 2, proc)
+    assert len(_children(proc.pid)) == 2  # the workers
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+    started = time.monotonic()
+    _, err = proc.communicate(timeout=30)
+    assert time.monotonic() - started <= 2.0
+    assert proc.returncode == 130
+    assert "interrupted; rerun the same command to resume" in err and "Traceback" not in err, err
+    assert _build_processes(out) == []
+    assert not json.loads((out / "manifest.json").read_text())["complete"]
+    rerun = subprocess.run(_cli_build(out, n, workers=2), capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert key(records(out)) == key(records(reference))
+
+
+def test_kill_minus_9_of_the_main_process_alone_leaves_no_worker(tmp_path):
+    out = tmp_path / "orphans"
+    proc = subprocess.Popen(_cli_build(out, 3000, workers=2), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_shards(out / "manifest.json", 1, proc)
+    workers = _children(proc.pid)
+    assert len(workers) == 2
+    proc.kill()  # SIGKILL to the main process only: it cannot stop anything itself
+    proc.wait()
+    deadline = time.monotonic() + 5
+    while _build_processes(out) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _build_processes(out) == []

@@ -54,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
     except (BuildError, EvaluationOnlyError, PackError, FileNotFoundError) as e:
         print(f"cwm data {args.data_verb}: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        resume = "; rerun the same command to resume" if args.data_verb == "build" else ""
+        print(f"cwm data {args.data_verb}: interrupted{resume}", file=sys.stderr)
+        return 130
 
 
 def _build(args) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 import re
 import sys
+import time
 import types
 from dataclasses import dataclass
 
@@ -79,31 +80,56 @@ def generate_compiled(seed: int, index: int, knobs: Knobs = Knobs()) -> tuple[Pr
     raise RuntimeError(f"synth: no valid program for seed {seed} index {index}; loosen the knobs")
 
 
+MAX_INT = 2**63  # a candidate whose ints reach this (in magnitude) is rejected: values stay int64-sized
+CHECK_SECONDS = 2.0  # CPU seconds a candidate's run-check may take (normal ones take about a millisecond)
+_CHECK_EVERY = 16  # events between two looks at the ints and the clock
+
+
 class _EventBudgetExceeded(BaseException):  # BaseException: generated `except` clauses never catch it
     pass
 
 
-def runs_within(program: Program, max_events: int) -> bool:
+def runs_within(program: Program, max_events: int, max_seconds: float = CHECK_SECONDS) -> bool:
     """Run the program here (it is our own generated code) and say if it returns within budget."""
     try:
         code = compile(program.source, PROGRAM, "exec")
     except SyntaxError:
         return False
-    return _returns_within(code, program.call, max_events)
+    return _returns_within(code, program.call, max_events, max_seconds)
 
 
-def _returns_within(code: types.CodeType, call: str, max_events: int) -> bool:
+def _returns_within(code: types.CodeType, call: str, max_events: int, max_seconds: float = CHECK_SECONDS) -> bool:
+    """Whether the call returns, without raising, within max_events trace events, with every int
+    below MAX_INT, and within max_seconds of CPU time.
+
+    The bounds are checked every _CHECK_EVERY events. Ints are bounded because a loop that squares
+    (`[i * j for i, j in zip(xs, xs)]`) doubles their size at each turn while spending only a few
+    events: without the bound a 60-event program computes for hours. With it every step is cheap,
+    so the clock, a backstop, never decides in practice and the programs kept stay a function of
+    the seed. The budget exception can be raised where Python cannot propagate it (a generator
+    closed as it is freed): Python then prints it and turns tracing off; the hook below swallows
+    it and turns tracing back on, so the run still stops at its next event.
+    """
     namespace: dict = {}
-    events = 0
+    events, over = 0, False
+    deadline = time.thread_time() + max_seconds
 
     def count(frame, event, arg):
-        nonlocal events
+        nonlocal events, over
         events += 1
-        if events > max_events:
+        if over or events > max_events or (events % _CHECK_EVERY == 0 and (_has_big_int(frame, namespace) or time.thread_time() > deadline)):
+            over = True
             raise _EventBudgetExceeded
         return count
 
-    previous = sys.gettrace()
+    def unraisable(info):
+        if isinstance(info.exc_value, _EventBudgetExceeded):
+            sys.settrace(count)
+        else:
+            previous_hook(info)
+
+    previous, previous_hook = sys.gettrace(), sys.unraisablehook
+    sys.unraisablehook = unraisable
     try:
         exec(code, namespace)
         sys.settrace(count)
@@ -113,7 +139,26 @@ def _returns_within(code: types.CodeType, call: str, max_events: int) -> bool:
             sys.settrace(previous)
     except (Exception, _EventBudgetExceeded, RecursionError):
         return False
-    return True
+    finally:
+        sys.unraisablehook = previous_hook
+    return not over
+
+
+def _has_big_int(frame, namespace: dict) -> bool:
+    """Whether a frame of the program (this one and its callers) holds an int >= MAX_INT in magnitude,
+    alone or in a container (the generator's values are ints, strs and flat containers of them)."""
+    while frame is not None and frame.f_globals is namespace:
+        for value in frame.f_locals.values():
+            kind = type(value)
+            if kind is int:
+                if not -MAX_INT < value < MAX_INT:
+                    return True
+            elif kind is list or kind is tuple or kind is set or kind is dict:
+                for item in value.values() if kind is dict else value:
+                    if type(item) is int and not -MAX_INT < item < MAX_INT:
+                        return True
+        frame = frame.f_back
+    return False
 
 
 def _is_operation(text: str) -> bool:
