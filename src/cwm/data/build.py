@@ -190,17 +190,22 @@ def _read_programs(path: Path) -> Iterator[Program]:
 
 def _trace_many(programs: list[tuple[str, str, object]], params: BuildParams) -> list[tuple[dict, str | None]]:
     """Runs inside the sandbox: trace each (source, call, compiled code or None) in turn and render
-    it here, once.
+    it there, once, each in a fresh fork of the sandbox (run_each), so that no program can change
+    what the tracer records of the next one.
 
     Only plain values come back (dict, tuple, str, int), which pickle fast and which the caller's
     restricted unpickler takes; sending Trace objects cost about half as much as tracing them.
     """
+    from cwm.trace.sandbox import run_each
+
+    return run_each(lambda program: _trace_one(program, params), programs)
+
+
+def _trace_one(program: tuple[str, str, object], params: BuildParams) -> tuple[dict, str | None]:
     from cwm.trace import trace_call
 
-    return [
-        _rendered(trace_call(source, call, max_events=params.max_events, max_bytes=params.max_bytes, timeout=params.timeout, code=code))
-        for source, call, code in programs
-    ]
+    source, call, code = program
+    return _rendered(trace_call(source, call, max_events=params.max_events, max_bytes=params.max_bytes, timeout=params.timeout, code=code))
 
 
 def _rendered(trace) -> tuple[dict, str | None]:
