@@ -977,3 +977,141 @@ def try_index(g: _Gen) -> Fn:
     body = ["try:", f"    {x} = {items}[{i}]", "except IndexError:", f"    {x} = {g.rng.choice(['None', '0', f'len({items})'])}", f"return {x}"]
     vals = g.ints(0)
     return Fn([(items, vals), (i, g.rng.randint(-1, len(vals) + 1))], body, None)
+
+
+# -- more loops: while with an index, break/continue, removal, reverse ranges, recursion -------------
+
+
+@template
+def while_index(g: _Gen) -> Fn:
+    items, i, out = g.name("list"), g.loop_var("int"), g.name("list")
+    step = g.rng.choice([1, 1, 2])
+    body = [f"{out} = []", f"{i} = 0", f"while {i} < len({items}):", f"    if {g.int_pred(f'{items}[{i}]')}:", f"        {out}.append({items}[{i}])", f"    {i} += {step}", f"return {out}"]
+    return Fn([(items, g.ints(1))], body, "list")
+
+
+@template
+def break_on_match(g: _Gen) -> Fn:
+    items, total, x = g.name("list"), g.name("int"), g.loop_var("int")
+    skip = g.rng.random() < 0.5
+    body = [f"{total} = 0", f"for {x} in {items}:", f"    if {g.int_pred(x)}:", "        break"]
+    if skip:
+        body += [f"    if {x} < 0:", "        continue"]
+    body += [f"    {total} += {x}", f"return {total}"]
+    return Fn([(items, g.ints(1))], body, "int")
+
+
+@template
+def remove_all(g: _Gen) -> Fn:
+    items, target = g.name("list"), g.name("int")
+    vals = [g.rng.randint(0, 4) for _ in range(g.count(1))]
+    body = [f"while {target} in {items}:", f"    {items}.remove({target})", f"return {g.rng.choice([items, f'len({items})'])}"]
+    return Fn([(items, vals), (target, g.rng.choice(vals))], body, "list" if body[-1] == f"return {items}" else "int")
+
+
+@template
+def reverse_range(g: _Gen) -> Fn:
+    text, out, i = g.name("str"), g.name("str"), g.loop_var("int")
+    body = [f"{out} = ''", f"for {i} in range(len({text}) - 1, -1, -1):", f"    {out} += {text}[{i}]" if g.rng.random() < 0.5 else f"    {out} += {text}[{i}].upper() if {i} % 2 else {text}[{i}]", f"return {out}"]
+    return Fn([(text, g.loop_text())], body, "str")
+
+
+@template
+def recursive_sum(g: _Gen) -> Fn:
+    name, items = g.name("func"), g.name("list")
+    base, step = g.rng.choice([("0", f"{items}[0] + {{rec}}({items}[1:])"), ("[]", f"{{rec}}({items}[1:]) + [{items}[0]]"), ("1", f"{items}[0] * {{rec}}({items}[1:])")])
+    h = "\n".join([f"def {name}({items}):", f"    if not {items}:", f"        return {base}", f"    return {step.format(rec=name)}"])
+    arg = g.name("list")
+    return Fn([(arg, g.ints(0, 3))], [f"return {name}({arg})"], "list" if base == "[]" else "int", helpers=[h])
+
+
+@template
+def countdown_string(g: _Gen) -> Fn:
+    n, out = g.name("int"), g.name("str")
+    body = [f"{out} = ''", f"while {n} > 0:", f"    {out} += str({n} % {g.small(2, 10)})", f"    {n} -= {g.small(1, 3)}", f"return {out}"]
+    return Fn([(n, g.rng.randint(0, 2 * g.loops))], body, "str")
+
+
+@template
+def raise_and_catch(g: _Gen) -> Fn:
+    items, out, x = g.name("list"), g.name("list"), g.loop_var("int")
+    body = [f"{out} = []", f"for {x} in {items}:", "    try:", f"        if {g.int_pred(x)}:", f"            raise ValueError({x})",
+            f"        {out}.append({x})", "    except ValueError:", f"        {out}.append({g.rng.choice(['0', '-1', f'-{x}'])})", f"return {out}"]  # fmt: skip
+    return Fn([(items, g.ints(1, min(4, g.items)))], body, "list")
+
+
+# -- more data idioms ------------------------------------------------------------------------------------
+
+
+@template
+def set_comprehension(g: _Gen) -> Fn:
+    items, x = g.name("list"), g.loop_var("int")
+    expr = g.rng.choice([f"{{{x} % {g.small(2, 4)} for {x} in {items}}}", f"{{abs({x}) for {x} in {items} if {g.int_pred(x)}}}", f"{{{x} // 2 for {x} in {items}}} | {{{g.int(0, 5)}, {g.int(0, 5)}}}"])
+    last = g.rng.choice([f"sorted({expr})", f"len({expr})"])
+    return Fn([(items, g.ints(1))], [f"return {last}"], "list" if last.startswith("sorted") else "int")
+
+
+@template
+def zip_to_dict(g: _Gen) -> Fn:
+    keys, values, out, kv = g.name("list"), g.name("list"), g.name("dict"), g.loop_var()
+    words = g.words(1)
+    body = [f"{out} = dict(zip({keys}, {values}))"]
+    if g.rng.random() < 0.5:
+        body.append(f"{out}[{g.word()!r}] = {g.int(0, 9)}")
+    body.append(g.rng.choice([f"return {out}", f"return sorted({out}.items(), key=lambda {kv}: {kv}[1])"]))
+    return Fn([(keys, words), (values, [g.int(0, 20) for _ in range(g.rng.randint(0, len(words) + 1))])], body, "dict" if body[-1] == f"return {out}" else "list")
+
+
+@template
+def any_all(g: _Gen) -> Fn:
+    items, x = g.name("list"), g.loop_var("int")
+    expr = g.rng.choice([f"any({g.int_pred(x)} for {x} in {items})", f"all({g.int_pred(x)} for {x} in {items})"])
+    body = [f"if {expr}:", f"    return {g.rng.choice([f'sorted({items})', f'{items}[::-1]', f'[{g.int()}]'])}", f"return {items}"]
+    return Fn([(items, g.ints(1, 4))], body, "list")
+
+
+@template
+def min_max_key(g: _Gen) -> Fn:
+    words, w = g.name("list"), g.loop_var("str")
+    expr = g.rng.choice([f"max({words}, key=len)", f"min({words}, key=len)", f"max({words}, key=lambda {w}: {w}[-1])", f"min({words})"])
+    return Fn([(words, g.words(1))], [f"return {expr}"], "str", guard=(words, "''"))
+
+
+@template
+def repeat_ops(g: _Gen) -> Fn:
+    text, n = g.name("str"), g.name("int")
+    expr = g.rng.choice([f"{text} * {n}", f"'-'.join([{text}] * {n})", f"[{text}[:{n}]] * 2", f"({text} + ' ') * {n}"])
+    return Fn([(text, g.word()[:4]), (n, g.rng.randint(0, 3))], [f"return {expr}"], "list" if expr.startswith("[") else "str")
+
+
+@template
+def lines_process(g: _Gen) -> Fn:
+    text, out, line = g.name("str"), g.name("list"), g.loop_var("str")
+    value = "\n".join(g.words(1)[:4])
+    body = [f"{out} = []", f"for {line} in {text}.splitlines():", f"    if {g.word_pred(line)}:", f"        {out}.append({line}.{g.str_method()})", f"return {g.rng.choice([out, repr(chr(10)) + '.join(' + out + ')', f'len({out})'])}"]
+    ret = "list" if body[-1] == f"return {out}" else "int" if "len(" in body[-1] else "str"
+    return Fn([(text, value)], body, ret)
+
+
+@template
+def ternary_map(g: _Gen) -> Fn:
+    items, x = g.name("list"), g.loop_var("int")
+    expr = f"[{x} // 2 if {g.int_pred(x)} else {x} * {g.small(2, 3)} for {x} in {items}]"
+    return Fn([(items, g.ints(1))], [f"return {expr}"], "list")
+
+
+@template
+def sort_dict_by_value(g: _Gen) -> Fn:
+    mapping, k, kv = g.name("dict"), g.loop_var("str"), g.loop_var()
+    expr = g.rng.choice([f"sorted({mapping}, key={mapping}.get)", f"sorted({mapping}.items(), key=lambda {kv}: (-{kv}[1], {kv}[0]))", f"[{k} for {k} in sorted({mapping}) if {mapping}[{k}] > {g.int(0, 10)}]"])
+    return Fn([(mapping, g.str_dict())], [f"return {expr}"], "list")
+
+
+@template
+def copy_then_modify(g: _Gen) -> Fn:
+    items, copy_, x = g.name("list"), g.name("list"), g.int()
+    method = g.rng.choice([f"{copy_}.append({x})", f"{copy_}.insert(0, {x})", f"{copy_}.sort()", f"{copy_}.reverse()", f"{copy_}.extend({copy_})"])
+    copy_expr = g.rng.choice([f"{items}[:]", f"list({items})", f"{items}.copy()"])
+    body = [f"{copy_} = {copy_expr}", method, g.rng.choice([f"return {items}, {copy_}", f"return {copy_} == {items}", f"return len({copy_}) - len({items})"])]
+    ret = "tuple" if ", " in body[-1] else "bool" if "==" in body[-1] else "int"
+    return Fn([(items, g.ints(1, 4))], body, ret)
