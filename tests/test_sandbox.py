@@ -7,6 +7,7 @@ Each test also checks that the caller (this pytest process) is still healthy aft
 from __future__ import annotations
 
 import ctypes
+import errno
 import importlib
 import importlib.util
 import json
@@ -665,3 +666,266 @@ def test_works_when_not_root():
     assert len(not_root) == 1, out["warnings"]  # said once, not on every call
     if not any("network" in w for w in out["warnings"]):  # a user namespace was allowed: no network
         assert "Network is unreachable" in out["network"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Isolation from the caller and between programs (issue 12, point 7)
+
+ENV_PROBE = """
+import ctypes, json, os, posix, sys
+from cwm.trace.sandbox import run_function
+
+def probe():
+    with open("/proc/self/stat", "rb") as f:
+        fields = f.read().rpartition(b")")[2].split()
+    start, end = int(fields[47]), int(fields[48])
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            proc_environ = f.read()
+    except OSError:  # a runner that dropped root is not dumpable: its /proc files are root's
+        proc_environ = b""
+    return {"environ": dict(os.environ), "posix": repr(posix.environ), "block": ctypes.string_at(start, end - start),
+            "proc": proc_environ}
+
+res = run_function(probe)
+print(json.dumps({"status": res.status, "error": res.error, **{k: repr(v) if k != "environ" else v
+                                                                 for k, v in (res.value or {}).items()}}))
+"""
+
+
+def test_child_sees_none_of_the_callers_environment():
+    secret = "sk-cwm-test-" + "7" * 20
+    env = {**os.environ, "OPENAI_API_KEY": secret, "PYTHONHASHSEED": "123"}
+    out = subprocess_run([sys.executable, "-c", ENV_PROBE], env=env)
+    data = json.loads(out.stdout)
+    assert data["status"] == "ok", data["error"]
+    assert secret not in out.stdout  # not in os.environ, posix.environ, the initial block, /proc/self/environ
+    environ = data["environ"]
+    assert set(environ) == {"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "TERM", "PYTHONHASHSEED"}
+    assert environ["HOME"] == environ["TMPDIR"] == "/tmp" and environ["PYTHONHASHSEED"] == "123"
+    assert environ["LANG"] == environ["LC_ALL"] == "C.UTF-8"
+    # commands too
+    res = run_command("env", limits=SMALL)
+    assert res.ok and "OPENAI_API_KEY" not in res.stdout and "HOME=/tmp\n" in res.stdout
+
+
+def subprocess_run(argv, **kwargs):
+    import subprocess
+
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True, **kwargs)
+
+
+def _connect_unix(address) -> str:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(2)
+        s.connect(address)
+        return s.recv(16).decode()
+
+
+def test_no_unix_socket_is_reachable():
+    # A socket file outside every temp dir, open to everyone: only the sandbox can keep it out of reach.
+    host_dir = Path(tempfile.mkdtemp(prefix=".cwm-sock-", dir=Path(__file__).parent))
+    servers = []
+    try:
+        host_dir.chmod(0o777)
+        path = str(host_dir / "s")
+        for address in (path, f"\0cwm-test-{os.getpid()}"):  # a file, and the abstract namespace
+            server = socket.socket(socket.AF_UNIX)
+            server.bind(address)
+            server.listen(8)
+            servers.append(server)
+            threading.Thread(target=lambda s=server: [s.accept()[0].sendall(b"hello") for _ in range(2)],
+                             daemon=True).start()
+            assert _connect_unix(address) == "hello"  # reachable from outside
+        os.chmod(path, 0o777)
+        for address in (path, f"\0cwm-test-{os.getpid()}"):
+            for limits in (SMALL, small(network=True)):
+                res = run_function(_connect_unix, address, limits=limits)
+                assert res.status == "error" and "PermissionError" in res.error, (address, res.error)
+            res = run_command([sys.executable, "-c", f"import socket; socket.socket(socket.AF_UNIX).connect({address!r})"],
+                              limits=SMALL)
+            assert res.status == "exit" and "PermissionError" in res.stderr
+        # what needs no socket file still works: socketpair (asyncio's self-pipe)
+        res = run_function(lambda: socket.socketpair()[0].family.name, limits=SMALL)
+        assert res.ok and res.value == "AF_UNIX"
+    finally:
+        for server in servers:
+            server.close()
+        shutil.rmtree(host_dir, ignore_errors=True)
+
+
+def _new_user_namespace() -> dict:
+    libc = ctypes.CDLL(None, use_errno=True)
+    out = {"unshare": libc.unshare(0x10000000) == 0, "unshare_errno": ctypes.get_errno()}
+    pid = libc.syscall(56 if os.uname().machine == "x86_64" else 220, 0x10000000 | signal.SIGCHLD, 0, 0, 0, 0)
+    if pid == 0:  # the clone worked: this is the child
+        os._exit(0)
+    if pid > 0:
+        os.waitpid(pid, 0)
+    out["clone"] = pid > 0
+    return out
+
+
+@pytest.mark.skipif(os.uname().machine not in ("x86_64", "aarch64"), reason="the seccomp filter knows these machines")
+def test_no_nested_user_namespaces():
+    res = run_function(_new_user_namespace, limits=SMALL)
+    assert res.ok and res.value == {"unshare": False, "unshare_errno": errno.EPERM, "clone": False}
+    if shutil.which("unshare"):
+        res = run_command(["unshare", "--user", "true"], limits=SMALL)
+        assert res.status == "exit" and "Operation not permitted" in res.stderr
+    # threads (clone3, refused, then clone without the flag) and forks still work
+    res = run_function(lambda: (_threads(2), os.waitpid(os.fork() or os._exit(0), 0)[0] > 0), limits=SMALL)
+    assert res.ok and res.value == ([0, 1], True)
+
+
+PATCHER = """
+import builtins, json, os, sys, time
+
+def f():
+    rec = sys.modules["cwm.trace.recorder"]
+    rec.outcome = lambda frames: ("ok", "'forged'", None)
+    sys.modules["cwm.trace.format"].outcome = rec.outcome
+    json.dumps = lambda *a, **k: '"forged"'
+    builtins.sorted = lambda xs, **k: ["forged"]
+    with open("/tmp/fractions.py", "w") as out:  # a module a later program may import first
+        out.write("raise SystemExit('forged')")
+    if os.fork() == 0:  # a process left behind, to spoil what comes next
+        os.setsid()
+        time.sleep(30)
+    return 1
+"""
+
+ORDINARY = """
+def f(xs):
+    ys = sorted(xs)
+    return ys[0] + len(ys)
+"""
+
+
+def _call_each(items):
+    from cwm.trace.sandbox import run_each
+
+    def one(item):
+        kind, x = item
+        if kind == "patch":
+            import builtins
+            builtins.len = lambda v: -1
+            Path("/tmp/left.txt").write_text("x")
+            if os.fork() == 0:
+                os.setsid()
+                time.sleep(30)
+            return "patched"
+        return len([1, 2, x]), sorted(os.listdir("/tmp")), os.getppid()
+
+    return run_each(one, items)
+
+
+@needs_tracer
+def test_one_program_cannot_change_the_next_ones_record():
+    # run_each: patches, files and leftover processes of one call reach no later call
+    res = run_function(_call_each, [("patch", 0), ("plain", 3), ("plain", 4)], limits=SMALL)
+    assert res.ok, res.error
+    assert res.value[0] == "patched" and res.value[1][:2] == (3, sorted(PYTHON_IN_TMP)) and res.value[2][0] == 3
+
+    # the data builder's shared sandbox: a program that patches the recorder, json and builtins,
+    # then an ordinary one; in a first run and in the determinism re-run
+    from cwm.data.build import BuildParams, trace_chunk
+    from cwm.data.synth import Program
+
+    hostile, ordinary = Program(PATCHER, "f()", "test"), Program(ORDINARY, "f([3, 1, 2])", "test")
+    for source in ("synth", "programs:unused.jsonl"):  # programs: each chunk is traced twice
+        params = BuildParams(source=source, n=2)
+        alone = trace_chunk([(1, ordinary)], params).to_pylist()[0]
+        assert alone["status"] == "ok" and alone["return_value"] == "4"
+        shared = trace_chunk([(0, hostile), (1, ordinary), (2, ordinary)], params).to_pylist()
+        assert shared[1] == alone and {**shared[2], "index": 1} == alone
+        # the attack ran: its own record it can forge (it shares the tracer's process), no other one
+        assert shared[0]["return_value"] == "'forged'"
+
+
+def _hand_back(kind):
+    big = "x" * 100_000
+    if kind == "shared":  # 10,000 references to one string: 1 GB once expanded
+        return [big] * 10_000
+    if kind == "dag":  # 2**200 paths through 200 small lists
+        x = [0]
+        for _ in range(200):
+            x = [x, x]
+        return x
+    if kind == "cycle":
+        x = []
+        x.append(x)
+        return x
+    from cwm.trace.format import Frame, Trace
+
+    if kind == "frames":
+        return Trace("s", "f()", ["not a frame"], "ok")
+    if kind == "lineno":
+        return Trace("s", "f()", [Frame("line", "1", "x\n", {})], "ok")
+    if kind == "locals":
+        return Trace("s", "f()", [Frame("line", 1, "x\n", {"a": 1})], "ok")
+    if kind == "status":
+        return Trace("s", "f()", [], ["ok"])
+    raw = {  # pickles written by hand
+        "range": b"cbuiltins\nset\n(cbuiltins\nrange\n(J\x00\xe1\xf5\x05tRtR.",  # set(range(10**8))
+        "fraction": b"(S'ok'\ncfractions\nFraction\n(S'1e999999999'\ntRNt.",  # Fraction("1e999999999")
+        "triple": b"(S'ok'\nI1\nt.",  # not (status, value, error)
+        "unknown": b"(S'fine'\nNNt.",
+    }[kind]
+    os.write(3, raw)
+    os._exit(0)
+
+
+@pytest.mark.parametrize("kind, reason", [
+    ("shared", "max_result_bytes"), ("dag", "max_result_bytes"), ("cycle", "cycle"),
+    ("frames", "field 'frames'"), ("lineno", "field 'lineno'"), ("locals", "field 'locals'"),
+    ("status", "field 'status'"), ("range", "builtins.range"), ("fraction", "two ints"),
+    ("triple", "not a (status, value, error) triple"), ("unknown", "unknown status"),
+])
+def test_forged_or_memo_shared_results_give_a_clean_error(kind, reason):
+    start = time.monotonic()
+    res = run_function(_hand_back, kind, limits=SMALL)
+    assert res.status == "error" and "could not be read" in res.error and reason in res.error, res.error
+    assert time.monotonic() - start < 5  # checked at the cost of the pickle, not of the expansion
+    assert_healthy(res)
+
+
+def test_deep_results_are_refused_and_good_ones_pass():
+    from collections import Counter, OrderedDict, defaultdict, deque
+    from datetime import datetime, timezone
+    from decimal import Decimal
+    from fractions import Fraction
+
+    def deep():
+        x = []
+        for _ in range(150):
+            x = [x]
+        return x
+
+    res = run_function(deep, limits=SMALL)
+    assert res.status == "error" and "deeper than 100" in res.error
+    value = [Fraction(1, 3), Decimal("1.5"), Counter("aab"), deque([1]), defaultdict(set, a={1}), OrderedDict(b=2),
+             datetime(2024, 1, 2, tzinfo=timezone.utc), {1, 2}, frozenset({3}), 1 + 2j, slice(1, 2), ("t", None, True)]
+    res = run_function(lambda: value, limits=SMALL)
+    assert res.ok and res.value == value
+    shared = ["s" * 10] * 1000  # memo sharing in a result of a reasonable size is fine
+    assert run_function(lambda: shared, limits=SMALL).value == shared
+
+
+def test_function_gets_input_and_a_read_only_cwd(tmp_path):
+    (tmp_path / "data.txt").write_text("beside")
+    tmp_path.chmod(0o755)  # the runner reads it as others may (pytest makes it 700)
+
+    def work():
+        try:
+            Path("new.txt").write_text("x")
+            wrote = True
+        except OSError:
+            wrote = False
+        return sys.stdin.read(), Path("data.txt").read_text(), wrote, os.getcwd()
+
+    res = run_function(work, input="line 1\nline 2\n", cwd=tmp_path, limits=SMALL)
+    assert res.ok and res.value == ("line 1\nline 2\n", "beside", False, str(tmp_path))
+    assert not (tmp_path / "new.txt").exists()
+    with pytest.raises(NotADirectoryError, match="is not a directory"):
+        run_function(work, cwd=tmp_path / "data.txt")
