@@ -3,6 +3,7 @@
 import pickle
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -535,3 +536,89 @@ def test_size_accounting_is_exact_when_callees_return(program, call):
     total = len(to_cwm_text(full).encode())
     assert trace_call(program, call, max_bytes=total).status == "ok"
     assert trace_call(program, call, max_bytes=total - 1).status == "size_limit"
+
+
+# ---------------------------------------------------------------------------------------------
+# A trace function removed at any point (issue 12, point 7)
+
+REMOVERS = {
+    "C API": "ctypes.pythonapi.PyEval_SetTrace(None, None)",
+    "sys.settrace": "sys.settrace(None)",
+    "the real settrace behind the guard": "sys.settrace.__closure__[0].cell_contents(None)",  # the recorder's wrapper
+    "another function": "sys.settrace(lambda *a: None)",
+}
+
+
+@pytest.mark.parametrize("how", list(REMOVERS))
+def test_a_trace_function_removed_and_put_back_is_not_ok(how):
+    from cwm.trace.sandbox import run_function
+
+    program = src(f"""
+        import ctypes, sys
+        def f():
+            t = sys.gettrace()
+            {REMOVERS[how]}
+            hidden = 1
+            sys.settrace(t)
+            return hidden + 1
+    """)
+    for trace in (trace_call(program, "f()"), run_function(trace_call, program, "f()").value):
+        assert trace.status == "tracer_removed" and "events are missing" in trace.error
+        assert trace.return_value is None and not to_cwm_text(trace).endswith("<|end_of_text|>")
+
+
+def test_settrace_after_the_entry_returned_does_not_spoil_the_trace():
+    t = trace_script(src("""
+        import ctypes, sys
+        def f():
+            return 1
+        f()  # << START_OF_TRACE
+        ctypes.pythonapi.PyEval_SetTrace(None, None)
+        sys.settrace(None)
+    """))
+    assert t.status == "ok" and t.return_value == "1"
+
+
+def test_source_that_cannot_be_compiled_is_a_trace_error():
+    deep = "+".join(["1"] * 100_000)  # parses, but nests too deeply for the compiler (RecursionError)
+    with pytest.raises(TraceError, match="cannot compile: the code nests too deeply"):
+        trace_call(f"x = {deep}\ndef f():\n    return 1\n", "f()")
+    with pytest.raises(TraceError, match="cannot be parsed"):
+        trace_call("def f(x):\n    return x\n", f"f({deep})")
+
+
+# ---------------------------------------------------------------------------------------------
+# The program runs as a registered module, as `python` runs it (issue 12, point 6)
+
+PROGRAMS = sorted((Path(__file__).parent / "programs").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", PROGRAMS, ids=lambda p: p.stem)
+def test_a_corpus_of_ordinary_programs_traces_ok(path):
+    from cwm.trace.sandbox import run_function
+
+    source = path.read_text()
+    expected = source.splitlines()[0].removeprefix("# expect: ")
+    if 'if __name__ == "__main__":' in source:  # run as a script: its first call of main()
+        res = run_function(trace_entry, source, "main", filename=str(path))
+    else:
+        res = run_function(trace_call, source, "main()", filename=str(path))
+    assert res.ok, res.error
+    assert (res.value.status, res.value.error, res.value.return_value) == ("ok", None, expected)
+
+
+def test_the_program_module_is_registered_only_during_the_run():
+    before = sys.modules.get("__main__")
+    t = trace_call(src("""
+        import sys
+        from dataclasses import dataclass
+        @dataclass
+        class P:
+            x: int
+        def f():
+            return sys.modules[__name__].P is P, __name__
+    """), "f()", filename="<prog>")
+    assert t.status == "ok" and t.return_value == "(True, 'program')"
+    t = trace_script("import sys\nname = __name__\nmain = sys.modules['__main__'].__dict__ is globals()\npass\n")
+    assert t.status == "ok" and t.frames[-2].locals == {"name": "'__main__'", "main": "True"}
+    assert "program" not in sys.modules and sys.modules.get("__main__") is before
