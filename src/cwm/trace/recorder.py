@@ -234,17 +234,6 @@ def trace_script(source: str, **options) -> Trace:
     return _run_script(clean, code, context, entry, first_call_of_marked_line, **options)
 
 
-def check(source: str, *, call: str | None = None, entry: str | None = None, filename: str = PROGRAM) -> None:
-    """The checks trace_call / trace_entry / trace_script make before running anything: raise
-    TraceError for a syntax error, a bad call expression, a missing function, a misplaced marker."""
-    if call is not None:
-        _prepare_call(source, call, filename)
-    elif entry is not None:
-        _prepare_entry(source, entry, filename)
-    else:
-        _prepare_script(source, filename)
-
-
 def _prepare_call(source, call, filename, code=None):
     clean, _ = _strip_marker(source)  # (the marker is a comment: the code is the same)
     if code is None:
