@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import random
 import re
+import sys
 import types
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -134,10 +135,16 @@ def fits(program: Program, knobs: Knobs, code: types.CodeType | None = None) -> 
     from cwm.trace.format import to_cwm_text
 
     _, _, max_events, max_bytes = knobs.bounds
+    hook = sys.unraisablehook
+    # A generator the tracer stopped at a limit is closed while the trace function still runs,
+    # which stops it again; Python prints that "Exception ignored" to stderr. Nothing to report.
+    sys.unraisablehook = lambda unraisable: None
     try:
         trace = trace_call(program.source, program.call, max_events=max_events, max_bytes=max_bytes, timeout=CHECK_TIMEOUT, code=code)
     except Exception:
         return False
+    finally:
+        sys.unraisablehook = hook
     return trace.status == "ok" and len(to_cwm_text(trace).encode()) <= max_bytes
 
 
