@@ -344,3 +344,36 @@ def test_kill_minus_9_of_the_main_process_alone_leaves_no_worker(tmp_path):
     while _build_processes(out) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _build_processes(out) == []
+
+
+UNTRUSTED_BUILD = """
+import json, resource, sys
+from cwm.data.build import BuildParams, build
+build(sys.argv[1], BuildParams(source="programs:" + sys.argv[2], max_events=2000, max_bytes=200_000, timeout=3.0), progress=False)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)  # MiB, this process only (not its sandboxes)
+"""
+
+
+def test_untrusted_source_is_compiled_only_in_the_sandbox_and_a_bad_one_is_a_record_with_a_status(tmp_path):
+    # Decontamination normalises (parses) every program, and tracing compiles it: both in
+    # sandboxes. Parsing a 12 MB source takes ~1.4 GB, a deep expression overflows the parser;
+    # in the builder's own process either would have taken its memory or crashed the build.
+    rows = [
+        {"source": "def g(x):\n    return x + 1\n", "call": "g(1)", "origin": "good"},
+        {"source": "x = " + "(" * 100_000 + "1" + ")" * 100_000 + "\n", "call": "x", "origin": "deep_parens"},
+        {"source": "def f(x):\n    return " + "-" * 100_000 + "x\n", "call": "f(1)", "origin": "deep_unary"},
+        {"source": "def f(a):\n    return a" + "[0]" * 100_000 + "\n", "call": "f([0])", "origin": "deep_subscript"},
+        {"source": "def f():\n    return 1\n" + "y = 1\n" * 2_000_000, "call": "f()", "origin": "big"},
+    ]
+    programs = tmp_path / "programs.jsonl"
+    programs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-c", UNTRUSTED_BUILD, str(out), str(programs)], capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert int(run.stdout.split()[-1]) < 700  # MiB
+    got = {r["origin"]: r for r in records(out)}
+    assert set(got) == {r["origin"] for r in rows}
+    assert got["good"]["status"] == "ok" and got["good"]["return_value"] == "2"
+    for name in ("deep_parens", "deep_unary", "deep_subscript", "big"):
+        assert got[name]["status"] not in ("ok", "exception") and got[name]["cwm_text"] is None, (name, got[name]["status"])
+        assert got[name]["error"], name

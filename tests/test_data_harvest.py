@@ -108,3 +108,37 @@ def test_the_standard_library_is_a_real_corpus():
     assert len(programs) >= 20
     for p in programs:
         compile(p.source, p.origin, "exec")
+
+
+def test_symlinks_that_leave_the_tree_are_skipped(tmp_path):
+    from cwm.data.corpus import source_files
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.py").write_text("def leaked(x=1):\n    return x\n")
+    tree = tmp_path / "tree"
+    (tree / "pkg").mkdir(parents=True)
+    (tree / "pkg" / "mod.py").write_text("def inside(x=1):\n    return x + 1\n")
+    (tree / "link.py").symlink_to(outside / "secret.py")  # a file out of the tree
+    (tree / "linked_dir").symlink_to(outside, target_is_directory=True)  # a directory out of the tree
+    (tree / "alias.py").symlink_to(tree / "pkg" / "mod.py")  # stays inside: kept
+    names = {p.origin for p in harvest(tree)}
+    assert names == {"pkg/mod.py:inside", "alias.py:inside"}
+    assert [path for path, _ in source_files(str(tree))] == ["alias.py", "pkg/mod.py"]
+
+
+def test_files_that_would_blow_up_the_parser_are_parsed_only_in_the_sandbox_and_dropped(tmp_path):
+    import resource
+
+    from cwm.data.corpus import source_files
+    from cwm.data.harvest import MAX_FILE_BYTES
+
+    (tmp_path / "good.py").write_text("def fine(x=2):\n    return x * 3\n")
+    (tmp_path / "deep_parens.py").write_text("x = " + "(" * 100_000 + "1" + ")" * 100_000 + "\n")
+    (tmp_path / "deep_unary.py").write_text("def f(x=1):\n    return " + "-" * 100_000 + "x\n")  # MemoryError in the parser
+    (tmp_path / "deep_subscript.py").write_text("def g(a=[0]):\n    return a" + "[0]" * 100_000 + "\n")  # RecursionError
+    (tmp_path / "huge.py").write_text("def h(x=1):\n    return x\n" + "y = 1\n" * (MAX_FILE_BYTES // 6 + 1))  # over the size cap: not read
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert {p.origin for p in harvest(tmp_path)} == {"good.py:fine"}
+    assert [path for path, _ in source_files(str(tmp_path))] == ["good.py"]
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # KiB: nothing parsed here

@@ -176,3 +176,47 @@ def test_whole_docs_are_never_split_and_longer_ones_are_dropped(tok, code_dir, t
     lengths = [len(tok.encode(p.source)) + 2 for p in generate(seed=7, n=60)]
     assert meta["dropped_longer_than_a_row"] == sum(n > 1024 for n in lengths) > 0
     assert kept == sum(n <= 1024 for n in lengths)
+
+
+def _stderr_in_a_terminal(args) -> tuple[int, str]:
+    """Run a command with its stderr on a pseudo-terminal (as a person sees it); its return code and stderr."""
+    import os
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave, env={**os.environ, "COLUMNS": "200"})
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 1 << 16)
+        except OSError:  # EIO: the command has ended and closed it
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    return proc.wait(timeout=120), b"".join(chunks).decode(errors="replace")
+
+
+def test_pack_and_tokenizer_train_show_progress_with_rate_and_eta_unless_quiet(tok, code_dir, chat_file, tmp_path):
+    tok.save(tmp_path / "tok")
+    pack_cmd = [sys.executable, "-m", "cwm", "data", "pack", "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "packed"),
+                "--seq-len", "64", "--input", f"code={code_dir}:0.5", "--input", f"chat={chat_file}:0.5"]
+    code, err = _stderr_in_a_terminal(pack_cmd)
+    assert code == 0, err
+    assert "packing" in err and "tokens/s" in err and "ETA" in err, err
+    code, err = _stderr_in_a_terminal([*pack_cmd, "--quiet"])
+    assert code == 0 and err.strip() == "", err
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name in ("textwrap.py", "heapq.py", "json/encoder.py", "difflib.py"):
+        (corpus / name.replace("/", "_")).write_text((STDLIB / name).read_text())
+    train_cmd = [sys.executable, "-m", "cwm", "tokenizer", "train", "--corpus", str(corpus), "--vocab-size", "400", "--out", str(tmp_path / "t")]
+    code, err = _stderr_in_a_terminal(train_cmd)
+    assert code == 0, err
+    assert "reading and counting" in err and "4/4" in err and "files/s" in err and "ETA" in err and "computing the merges" in err, err
+    assert "wrote" in err
+    code, err = _stderr_in_a_terminal([*train_cmd, "--quiet"])
+    assert code == 0 and "reading and counting" not in err and "computing the merges" not in err, err

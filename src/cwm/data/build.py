@@ -32,10 +32,10 @@ import hashlib
 import json
 import os
 import random
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from cwm.data import evalsets, harvest, realistic, synth
 from cwm.data.synth import Program
@@ -120,16 +120,19 @@ def make_plan(params: BuildParams) -> Plan:
         from cwm.data.corpus import source_files
 
         return _dedup(source_files(params.arg or "stdlib"), params, key=lambda item: (item[1],), contaminated=lambda _: False)
-    banned = _banned(params)
-    contaminated = lambda p: bool(banned) and evalsets.source_key(p.source) in banned  # noqa: E731
     key = lambda p: (p.source, p.call)  # noqa: E731
+    if params.kind == "eval":
+        return _dedup(evalsets.evaluation_programs(params.arg), params, key, lambda _: False)
+    banned = _banned(params)
     if params.kind == "dir":
         candidates = harvest.harvest(params.arg or "stdlib", params.seed)
         random.Random(params.seed).shuffle(candidates)
-        return _dedup(candidates, params, key, contaminated)
-    if params.kind == "programs":
-        return _dedup(_read_programs(Path(params.arg)), params, key, contaminated)
-    return _dedup(evalsets.evaluation_programs(params.arg), params, key, lambda _: False)
+    else:
+        candidates = _read_programs(Path(params.arg))
+    # Normalising parses the source, which is untrusted: in sandboxes, never in this process.
+    keys = harvest.in_sandbox(lambda p: evalsets.source_key(p.source), candidates) if banned else []
+    evaluation = {p.source for p, k in zip(candidates, keys) if k in banned}
+    return _dedup(candidates, params, key, lambda p: p.source in evaluation)
 
 
 def _banned(params: BuildParams) -> frozenset[str]:
@@ -170,18 +173,24 @@ def _dedup(stream, params: BuildParams, key, contaminated) -> Plan:
     return plan
 
 
-def _read_programs(path: Path) -> Iterator[Program]:
-    """A JSONL file of {"source": ..., "call": ...} (optionally "origin") per line."""
+def _read_programs(path: Path) -> list[Program]:
+    """A JSONL file of {"source": ..., "call": ...} (optionally "origin") per line, all strings."""
     if not path.is_file():
         raise BuildError(f"--source programs:{path}: no such file; give a JSONL file of {{\"source\", \"call\"}} rows")
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            yield Program(row["source"], row["call"], row.get("origin", f"{path.name}:{number}"))
-        except (ValueError, KeyError, TypeError) as e:
-            raise BuildError(f"{path}:{number}: not a {{\"source\", \"call\"}} JSON object ({e})") from None
+    programs = []
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                if not line.strip():
+                    continue
+                row = json.loads(line.decode("utf-8"))
+                fields = (row["source"], row["call"], row.get("origin", f"{path.name}:{number}"))
+                if not all(isinstance(field, str) for field in fields):
+                    raise TypeError("source, call and origin must be strings")
+            except (ValueError, KeyError, TypeError, AttributeError) as e:  # UnicodeDecodeError is a ValueError
+                raise BuildError(f"{path}:{number}: not a {{\"source\", \"call\"}} JSON object of strings ({type(e).__name__}: {e})") from None
+            programs.append(Program(*fields))
+    return programs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,13 +412,42 @@ def write_manifest(out: Path, manifest: dict) -> None:
 
 
 def read_manifest(out: str | os.PathLike) -> dict:
+    """A dataset's manifest, checked: anything else (not JSON, not UTF-8, fields of the wrong type,
+    a shard name that is not one) is a BuildError naming the file, never a traceback later."""
     path = Path(out) / MANIFEST
     if not path.is_file():
         raise BuildError(f"{out} is not a dataset (no {MANIFEST}); build one with `cwm data build`")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise BuildError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    try:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise BuildError(f"{path}: not a readable JSON manifest ({type(e).__name__}: {e}); rebuild the dataset with `cwm data build`") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else f"a JSON {type(manifest).__name__}"
+        raise BuildError(f"{path}: format {found!r}, expected {FORMAT!r}")
+    shards = manifest.get("shards")
+    problem = (
+        "kind" if manifest.get("kind") not in ("traces", "code")
+        else "params" if not isinstance(manifest.get("params"), dict)
+        else "num_records" if type(manifest.get("num_records")) is not int
+        else "complete" if type(manifest.get("complete")) is not bool
+        else "shards" if not isinstance(shards, dict)
+        or not all(re.fullmatch(r"shard-\d{5}\.parquet", name) and isinstance(e, dict) and type(e.get("rows")) is int for name, e in shards.items())
+        else None
+    )  # fmt: skip
+    if problem:
+        raise BuildError(f"{path}: a damaged manifest (its {problem!r} is missing or of the wrong type); rebuild the dataset with `cwm data build`")
     return manifest
+
+
+def read_shard(path: Path, columns: list[str] | None = None):
+    """A shard as an Arrow table; a file that is not readable Parquet is a BuildError naming it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path, columns=columns)
+    except (OSError, pa.ArrowException) as e:
+        raise BuildError(f"{path}: not a readable Parquet shard ({e}); delete it and rerun `cwm data build` to write it again") from None
 
 
 def _open_manifest(out: Path, params: BuildParams, num_records: int, counts: dict | None) -> dict:
@@ -464,12 +502,15 @@ def build(out: str | os.PathLike, params: BuildParams, workers: int = 1, ray: st
             # fork: each worker starts as a copy of this warm process, and forks its sandboxes from itself.
             pool = stack.enter_context(_Workers(workers))
         done = sum(entry["rows"] for entry in manifest["shards"].values())
-        with _progress(progress, num_records - done, done) as advance:
+        from cwm.progress import Bar
+
+        label = "tracing" if done == 0 else f"resuming ({done} done)"
+        with Bar(label, num_records - done, "programs", enabled=progress) as bar:
             if manifest["kind"] == "code":
-                _write_code_shards(out, manifest, plan, params, advance)
+                _write_code_shards(out, manifest, plan, params, bar.advance)
             else:
                 runner = _run_ray(ray_module, ray, workers) if ray is not None else _run_local(pool, workers)
-                _Shards(out, manifest, params, plan).fill(runner, advance)
+                _Shards(out, manifest, params, plan).fill(runner, bar.advance)
     return manifest
 
 
@@ -478,14 +519,12 @@ class _Shards:
     keep each new clean program (numbered in order), and write shards as they fill."""
 
     def __init__(self, out: Path, manifest: dict, params: BuildParams, plan: Plan | None):
-        import pyarrow.parquet as pq
-
         self.out, self.manifest, self.params, self.plan = out, manifest, params, plan
         self.size, self.wanted = params.shard_size, manifest["num_records"]
         shards = manifest["shards"].values()
         self.kept = sum(entry["rows"] for entry in shards)  # the records of the shards done
         self.next = max((entry["candidates"][1] for entry in shards), default=0)  # the first candidate after them
-        self.seen = {i for name in manifest["shards"] for i in pq.read_table(out / name, columns=["id"])["id"].to_pylist()}
+        self.seen = {i for name in manifest["shards"] for i in read_shard(out / name, columns=["id"])["id"].to_pylist()}
         self.writer, self.filling = None, 0  # the shard being filled: its open file and its records so far
         self.first = self.next  # its first candidate
         self.dropped = {"duplicates": 0, "contaminated": 0}  # among its candidates
@@ -739,37 +778,3 @@ def _run_ray(ray, address: str, workers: int):
                 yield running.pop(ref), ray.get(ref)
 
     return run
-
-
-class _progress:
-    """A rich progress bar with rate and ETA on stderr (or nothing), as a context manager."""
-
-    def __init__(self, enabled: bool, total: int, already: int):
-        self.enabled, self.total, self.already = enabled, total, already
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda k: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.bar = Progress(
-            TextColumn("tracing" if self.already == 0 else f"resuming ({self.already} done)"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=Console(stderr=True),
-        )  # fmt: skip
-        self.bar.__enter__()
-        self.task = self.bar.add_task("build", total=self.total, rate="")
-        self.start = time.monotonic()
-        self.count = 0
-
-        def advance(k: int) -> None:
-            self.count += k
-            rate = self.count / max(time.monotonic() - self.start, 1e-9)
-            self.bar.update(self.task, advance=k, rate=f"{rate:.1f} programs/s")
-
-        return advance
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.bar.__exit__(*exc)

@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="frames: learn the frames, not the source context (default); all: every token")
     pack.add_argument("--whole-docs", action="store_true",
                       help="never split a document across rows: it starts a new row, and one longer than a row is dropped")
+    pack.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
     stats = verbs.add_parser("stats", help="statistics of a built dataset")
     stats.add_argument("dataset", help="dataset directory")
@@ -88,9 +89,12 @@ def _pack(args) -> int:
     except TokenizerError as e:
         print(f"cwm data pack: {e}", file=sys.stderr)
         return 2
+    from cwm.progress import Bar
+
     inputs = [PackInput.parse(spec) for spec in args.input]
-    meta = pack(inputs, tok, args.out, seq_len=args.seq_len, seed=args.seed, max_tokens=args.max_tokens, loss=args.trace_loss,
-                whole_docs=args.whole_docs)
+    with Bar("packing", None, "tokens", enabled=not args.quiet) as bar:
+        meta = pack(inputs, tok, args.out, seq_len=args.seq_len, seed=args.seed, max_tokens=args.max_tokens, loss=args.trace_loss,
+                    whole_docs=args.whole_docs, progress=lambda done, total: bar.update(done, total=total))
     shares = ", ".join(f"{name} {tokens} tokens" for name, tokens in meta["tokens"].items())
     dropped = f"; {meta['dropped_longer_than_a_row']} documents longer than a row dropped" if args.whole_docs else ""
     print(f"packed {meta['num_sequences']} sequences of {meta['seq_len']} tokens into {args.out} ({shares}{dropped})")

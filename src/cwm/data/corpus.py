@@ -8,22 +8,22 @@ a trace dataset (kind "code"), and `cwm data pack` tokenizes its `text` column.
 from __future__ import annotations
 
 import ast
-from typing import Iterator
 
-from cwm.data.harvest import default_root, python_files
-
-MAX_FILE_BYTES = 1_000_000  # generated tables and vendored blobs are not code to learn from
+from cwm.data.harvest import default_root, in_sandbox, read_sources
 
 
-def source_files(spec: str) -> Iterator[tuple[str, str]]:
-    """(path relative to the root, text) for each usable file under `spec` ('stdlib' or a path), sorted."""
-    root = default_root(spec)
-    for path in python_files(root):
-        try:
-            if path.stat().st_size > MAX_FILE_BYTES:
-                continue
-            text = path.read_text(encoding="utf-8")
-            ast.parse(text)
-        except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
-            continue
-        yield path.relative_to(root).as_posix(), text
+def source_files(spec: str) -> list[tuple[str, str]]:
+    """(path relative to the root, text) for each usable file under `spec` ('stdlib' or a path),
+    sorted: at most MAX_FILE_BYTES, UTF-8, and parseable (checked in a sandbox: an untrusted file
+    is never parsed in this process)."""
+    sources = read_sources(default_root(spec))
+    parses = in_sandbox(lambda source: _parses(source[1]), sources)
+    return [source for source, ok in zip(sources, parses) if ok is True]
+
+
+def _parses(text: str) -> bool:
+    try:
+        ast.parse(text)
+    except (SyntaxError, ValueError):
+        return False
+    return True

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import builtins
 import doctest
+import os
 import random
 import sysconfig
 from pathlib import Path
@@ -64,29 +65,91 @@ def default_root(spec: str) -> Path:
     return Path(sysconfig.get_paths()["stdlib"]) if spec == "stdlib" else Path(spec)
 
 
+MAX_FILE_BYTES = 1_000_000  # larger files (generated tables, vendored blobs) are not code to learn from
+
+
 def python_files(root: Path) -> list[Path]:
-    """Every *.py under root, sorted, skipping test suites and site-packages (not our corpus)."""
+    """Every *.py under root, sorted, skipping test suites and site-packages (not our corpus), and
+    anything that leads out of the tree: directories reached through a symlink are not walked
+    (their files are reached by their real path, or are outside), and a file that is a symlink is
+    kept only if it resolves inside root."""
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a directory of Python files")
     skip = {"test", "tests", "site-packages", "idlelib", "__pycache__", "lib2to3"}
-    return sorted(p for p in root.rglob("*.py") if not skip & set(p.relative_to(root).parts[:-1]))
+    real_root = os.path.realpath(root)
+    found = []
+    for folder, dirs, names in os.walk(root):  # followlinks=False: symlinked directories are listed, not entered
+        dirs[:] = [d for d in dirs if d not in skip]
+        for name in names:
+            path = os.path.join(folder, name)
+            if name.endswith(".py") and (not os.path.islink(path) or _is_inside(os.path.realpath(path), real_root)):
+                found.append(Path(path))
+    return sorted(found)
+
+
+def _is_inside(path: str, root: str) -> bool:
+    return os.path.commonpath([path, root]) == root
+
+
+def read_sources(root: Path) -> list[tuple[str, str]]:
+    """(path relative to root, text) of each of root's python_files that is at most MAX_FILE_BYTES
+    and UTF-8; the others are skipped. Only read here: parsing them is for a sandbox (in_sandbox)."""
+    sources = []
+    for path in python_files(root):
+        try:
+            if path.stat().st_size <= MAX_FILE_BYTES:
+                sources.append((path.relative_to(root).as_posix(), path.read_bytes().decode("utf-8")))
+        except (OSError, UnicodeDecodeError):
+            continue
+    return sources
+
+
+def in_sandbox(fn, items: list, batch: int = 64) -> list:
+    """[fn(item) for item in items], computed in sandboxes (cwm.trace.sandbox), a batch of items per
+    run, because the items are untrusted source: parsing or compiling it can take gigabytes (a
+    50 MB file) or overflow the parser's stack, and must not do so in this process. An item whose
+    fn raises gives None; a batch whose run fails (memory, time, a crash) is run again in halves,
+    so only the item that fails alone gives None and its neighbours keep their results."""
+    from cwm.trace.sandbox import run_function
+
+    def each(part):
+        results = []
+        for item in part:
+            try:
+                results.append(fn(item))
+            except Exception:  # RecursionError, MemoryError, SyntaxError, ...: this item only
+                results.append(None)
+        return results
+
+    def run(part):
+        result = run_function(each, part)
+        if result.ok and isinstance(result.value, list) and len(result.value) == len(part):
+            return result.value
+        if len(part) == 1:
+            return [None]
+        return run(part[: len(part) // 2]) + run(part[len(part) // 2 :])
+
+    return [value for start in range(0, len(items), batch) for value in run(items[start : start + batch])]
 
 
 def harvest(root: str | Path, seed: int = 0, calls_per_function: int = 3) -> list[Program]:
     root = default_root(str(root))
+    found = in_sandbox(lambda source: _harvest_file(*source, seed, calls_per_function), read_sources(root))
+    return [Program(*fields) for programs in found if programs for fields in programs]
+
+
+def _harvest_file(rel: str, text: str, seed: int, calls_per_function: int) -> list[tuple[str, str, str]]:
+    """(source, call, origin) of each program harvested from one file (runs in a sandbox)."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return []
     programs = []
-    for path in python_files(root):
-        try:
-            text = path.read_text(encoding="utf-8")
-            tree = ast.parse(text)
-        except (UnicodeDecodeError, SyntaxError, ValueError, OSError):
-            continue
-        rel = path.relative_to(root).as_posix()
-        for fn, helpers in _self_contained(tree):
-            source = "\n\n".join(ast.get_source_segment(text, f) for f in [*helpers, fn]) + "\n"
-            rng = random.Random(f"cwm-harvest:{seed}:{rel}:{fn.name}")
-            for call in _calls(fn, rng, calls_per_function):
-                programs.append(Program(source, call, f"{rel}:{fn.name}"))
+    for fn, helpers in _self_contained(tree):
+        source = "\n\n".join(ast.get_source_segment(text, f) for f in [*helpers, fn]) + "\n"
+        rng = random.Random(f"cwm-harvest:{seed}:{rel}:{fn.name}")
+        for call in _calls(fn, rng, calls_per_function):
+            programs.append((source, call, f"{rel}:{fn.name}"))
     return programs
 
 

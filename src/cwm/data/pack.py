@@ -26,9 +26,9 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
-from cwm.data.build import read_manifest, row_to_trace
+from cwm.data.build import read_manifest, read_shard, row_to_trace
 from cwm.data.packed import PackedWriter
 
 LOSS_MODES = ("frames", "all")
@@ -100,21 +100,18 @@ def documents(source: PackInput, tok, loss: str, seed: int) -> Iterator[tuple[li
     if kind == "chat":
         from cwm.tokenizer.prompts import chat_ids
 
-        lines = [line for line in source.path.read_text().splitlines() if line.strip()]
+        lines = _chat_lines(source.path)
         rng.shuffle(lines)
-        for line in lines:
+        for number, line in lines:
             try:
-                messages = json.loads(line)["messages"]
-            except (ValueError, KeyError, TypeError):
-                raise PackError(f"{source.path}: a line is not a JSON object with 'messages': {line[:80]!r}") from None
-            yield chat_ids(tok, messages, add_generation_prompt=False)
+                yield chat_ids(tok, json.loads(line)["messages"], add_generation_prompt=False)
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise PackError(f"{source.path}:{number}: not a JSON object with 'messages' ({type(e).__name__}: {e})") from None
         return
-    import pyarrow.parquet as pq
-
     shards = sorted(read_manifest(source.path)["shards"])
     rng.shuffle(shards)
     for name in shards:  # one shard in memory at a time; shuffled across and within shards
-        rows = pq.read_table(source.path / name).to_pylist()
+        rows = read_shard(source.path / name).to_pylist()
         rng.shuffle(rows)
         for row in rows:
             if kind == "code":
@@ -122,6 +119,30 @@ def documents(source: PackInput, tok, loss: str, seed: int) -> Iterator[tuple[li
                 yield [tok.bos_id, *text_ids, tok.eos_id], [0] + [1] * (len(text_ids) + 1)
             elif row["cwm_text"] is not None:  # complete traces only: not one stopped by a limit
                 yield trace_document(row_to_trace(row), tok, loss)
+
+
+def _chat_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, line) of each non-blank line of a chat JSONL file."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PackError(f"{path}: not UTF-8 text ({e}); a chat .jsonl file must be UTF-8") from None
+    return [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
+def document_count(source: PackInput) -> int:
+    """How many documents `documents` yields for the input (for progress; cheap: no text is read
+    but a chat file's lines and a trace dataset's status column)."""
+    kind = source.kind
+    if kind == "chat":
+        return len(_chat_lines(source.path))
+    shards = read_manifest(source.path)["shards"]
+    if kind == "code":
+        return sum(entry["rows"] for entry in shards.values())
+    from cwm.trace.format import COMPLETE
+
+    statuses = (read_shard(source.path / name, columns=["status"])["status"].to_pylist() for name in shards)
+    return sum(status in COMPLETE for column in statuses for status in column)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,8 +158,13 @@ def pack(
     max_tokens: int | None = None,
     loss: str = "frames",
     whole_docs: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict:
-    """Pack the inputs into `out` (a cwm-packed-v1 directory); returns its meta."""
+    """Pack the inputs into `out` (a cwm-packed-v1 directory); returns its meta.
+
+    progress(tokens so far, estimated tokens in all) is called every 16 documents. Packing ends
+    when the first input runs out (or at max_tokens), so the estimate follows the input nearest
+    its end: tokens so far / the largest fraction of an input's documents taken."""
     if not inputs:
         raise PackError("give at least one --input")
     if loss not in LOSS_MODES:
@@ -154,6 +180,7 @@ def pack(
     rows = _Rows(seq_len, tok.pad_id, whole_docs)
     meta = {"inputs": [{"name": i.name, "path": str(i.path), "weight": i.weight} for i in inputs], "seed": seed,
             "trace_loss": loss, "whole_docs": whole_docs}
+    sizes = [max(1, document_count(i)) for i in inputs] if progress else []
     with PackedWriter(out, seq_len, tok.vocab_size, **meta) as writer:
         while max_tokens is None or sum(taken) < max_tokens:
             # The input furthest below its share of the tokens so far goes next.
@@ -166,8 +193,13 @@ def pack(
             docs[k] += 1
             for row in rows.add(ids, mask):
                 writer.add(*row)
+            if progress and sum(docs) % 16 == 0:
+                total = sum(taken) / max(d / n for d, n in zip(docs, sizes))
+                progress(sum(taken), int(total if max_tokens is None else min(total, max_tokens)))
         for row in rows.flush():
             writer.add(*row)
+        if progress:
+            progress(sum(taken), sum(taken))
         tok.save(writer.tmp)  # the dataset carries its tokenizer; training copies it into checkpoints
         writer.extra_meta.update(tokens={i.name: t for i, t in zip(inputs, taken)}, documents={i.name: d for i, d in zip(inputs, docs)},
                                  dropped_longer_than_a_row=rows.dropped)

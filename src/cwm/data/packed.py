@@ -38,12 +38,17 @@ class PackedDataset:
             raise FileNotFoundError(
                 f"{self.path} is not a packed dataset (no meta.json); build one with `cwm data pack`"
             )
-        self.meta = json.loads(meta_path.read_text())
-        if self.meta.get("format") != FORMAT:
-            raise ValueError(f"{meta_path}: format {self.meta.get('format')!r}, expected {FORMAT!r}")
-        self.seq_len = int(self.meta["seq_len"])
-        self.num_sequences = int(self.meta["num_sequences"])
-        self.vocab_size = int(self.meta["vocab_size"])
+        try:
+            self.meta = json.loads(meta_path.read_bytes().decode("utf-8"))
+        except ValueError as e:  # not UTF-8, not JSON
+            raise ValueError(f"{meta_path}: not a readable JSON file ({type(e).__name__}: {e}); pack the dataset again") from None
+        if not isinstance(self.meta, dict) or self.meta.get("format") != FORMAT:
+            found = self.meta.get("format") if isinstance(self.meta, dict) else f"a JSON {type(self.meta).__name__}"
+            raise ValueError(f"{meta_path}: format {found!r}, expected {FORMAT!r}")
+        sizes = [self.meta.get(k) for k in ("seq_len", "num_sequences", "vocab_size")]
+        if not all(type(v) is int and v >= 0 for v in sizes):
+            raise ValueError(f"{meta_path}: seq_len, num_sequences and vocab_size must be non-negative integers; pack the dataset again")
+        self.seq_len, self.num_sequences, self.vocab_size = sizes
         shape = (self.num_sequences, self.seq_len)
         for name, dtype in _ARRAYS.items():
             file = self.path / f"{name}.bin"

@@ -8,7 +8,7 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
-from cwm.data.build import read_manifest
+from cwm.data.build import read_manifest, read_shard
 from cwm.trace.format import COMPLETE
 
 # The constructs the synthetic generator promises, as AST node kinds (a report lists any missing).
@@ -20,29 +20,28 @@ PROMISED = (
 
 
 def node_kinds(source: str) -> set[str]:
-    """The AST node kinds a program uses (empty if it does not parse)."""
+    """The AST node kinds a program uses (empty if it does not parse). dataset_stats parses only
+    the sources of complete traces, which the tracer compiled in its sandbox under its limits."""
     try:
         return {type(node).__name__ for node in ast.walk(ast.parse(source))}
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         return set()
 
 
 def dataset_stats(path: str | os.PathLike) -> dict:
     """Read a dataset's shards back and summarise them (finished shards only)."""
-    import pyarrow.parquet as pq
-
     path = Path(path)
     manifest = read_manifest(path)
     stats = {"kind": manifest["kind"], "records": 0, "complete": manifest["complete"], "plan": manifest.get("plan", {})}
     if manifest["kind"] == "code":
         sizes = []
         for name in sorted(manifest["shards"]):
-            sizes += pq.read_table(path / name, columns=["num_bytes"]).column("num_bytes").to_pylist()
+            sizes += read_shard(path / name, columns=["num_bytes"]).column("num_bytes").to_pylist()
         stats.update(records=len(sizes), files=len(sizes), bytes=sum(sizes))
         return stats
     statuses, events, sizes, kinds = Counter(), [], [], Counter()
     for name in sorted(manifest["shards"]):
-        table = pq.read_table(path / name, columns=["status", "num_events", "num_bytes", "source"]).to_pylist()
+        table = read_shard(path / name, columns=["status", "num_events", "num_bytes", "source"]).to_pylist()
         for row in table:
             statuses[row["status"]] += 1
             if row["status"] in COMPLETE:
