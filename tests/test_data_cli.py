@@ -20,6 +20,10 @@ def cwm_data(*args, code=None):
         (["build", "--source", "programs:{tmp}/missing.jsonl", "--out", "{tmp}/d"], "no such file"),
         (["build", "--source", "dir:{tmp}/nowhere", "--out", "{tmp}/d", "--decontaminate", "none"], "is not a directory"),
         (["stats", "{tmp}"], "is not a dataset (no manifest.json)"),
+        # knobs no program can meet: the generator gives up (in a worker too), the build says so
+        (["build", "--source", "synth:max_events=1", "--n", "2", "--out", "{tmp}/d", "--decontaminate", "none"], "no valid program for seed 0"),
+        (["build", "--source", "synth:max_events=1", "--n", "2", "--out", "{tmp}/d", "--decontaminate", "none", "--workers", "2"],
+         "no valid program for seed 0"),
     ],
 )
 def test_user_errors_are_one_clear_line(tmp_path, args, message):

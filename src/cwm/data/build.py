@@ -262,7 +262,10 @@ def run_task(task: Task, params: BuildParams):
     if programs is None:
         generator = GENERATORS[params.kind]
         knobs = generator.Knobs.parse(params.arg)
-        made = [generator.generate_compiled(params.seed, i, knobs=knobs) for i in range(task.start, task.stop)]
+        try:
+            made = [generator.generate_compiled(params.seed, i, knobs=knobs) for i in range(task.start, task.stop)]
+        except RuntimeError as e:  # no valid program within the generator's tries: knobs too tight
+            raise BuildError(str(e)) from None
         programs = [program for program, _ in made]
         codes = {i: code for i, (_, code) in enumerate(made, start=task.start)}
     is_evaluation = _evaluation_test(params) if codes else None  # a listed source's plan is clean already
@@ -695,7 +698,7 @@ class _Workers:
                 except EOFError:
                     raise RuntimeError("a build worker died (killed from outside?); rerun the same command to resume") from None
                 if not ok:
-                    raise RuntimeError(f"a build worker failed:\n{result}")
+                    raise result if isinstance(result, BuildError) else RuntimeError(f"a build worker failed:\n{result}")
                 idle.append(conn)
                 yield busy.pop(conn), result
 
@@ -743,6 +746,8 @@ def _worker(conn, parent: int, inherited: list) -> None:
             return
         try:
             reply = (True, run_task(task, params))
+        except BuildError as e:  # the user's to fix: the main process says it in one line
+            reply = (False, e)
         except Exception:
             reply = (False, traceback.format_exc())
         conn.send(reply)
