@@ -282,7 +282,7 @@ class _Gen:
         else:
             pool = _pools()["any"]
         for _ in range(50):
-            name = pool[min(int(r.paretovariate(0.6)) - 1, len(pool) - 1)] if r.random() < 0.5 else r.choice(pool)
+            name = r.choice(pool[:100]) if r.random() < 0.4 else r.choice(pool)  # common names more often, none dominant
             if name not in self.used:
                 self.used.add(name)
                 return name
