@@ -4,6 +4,7 @@ programs), and both commands through the CLI with a real tiny untrained model.""
 import argparse
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 from conftest import make_tiny_checkpoint
@@ -71,7 +72,7 @@ def test_cruxeval_cli_direct_mode_samples(checkpoint, tmp_path, capsys):
     assert run_cli(["cruxeval", "--model", str(checkpoint), "--limit", "1", "--samples", "2",
                     "--max-new-tokens", "8", "--data", str(DATA), "--out", str(out)]) == 0
     results = json.loads(out.read_text())
-    assert set(results["aggregates"]) == {"pass@1", "pass@2", "problems"} and results["config"]["temperature"] == 0.2
+    assert set(results["aggregates"]) == {"pass@1", "pass@2", "problems", "failed"} and results["config"]["temperature"] == 0.2
     assert len(results["items"][0]["samples"]) == 2
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("score: ")
 
@@ -100,3 +101,4 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert run_cli(["cruxeval", "--model", "m", "--server", "http://x"]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 3 and "Traceback" not in err
+    assert not list(Path.cwd().glob("eval-cruxeval-*.jsonl"))  # a run that failed to start leaves no results file

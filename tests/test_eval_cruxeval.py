@@ -27,7 +27,8 @@ def test_the_benchmark_ships_inside_the_package_with_its_licence():
 def test_a_missing_or_broken_data_file_says_what(tmp_path):
     with pytest.raises(FileNotFoundError, match="packaged copy"):
         load_cruxeval(tmp_path / "nope.jsonl")
-    (tmp_path / "bad.jsonl").write_text('{"code": "def f(x):\n    return x", "input": "1", "output": "1", "id": "a"}\n[1]\n')
+    good = {"code": "def f(x):\n    return x", "input": "1", "output": "1", "id": "a"}
+    (tmp_path / "bad.jsonl").write_text(json.dumps(good) + "\n[1]\n")
     with pytest.raises(ValueError, match="bad.jsonl:2: not a JSON object"):
         load_cruxeval(tmp_path / "bad.jsonl")
 
@@ -75,5 +76,5 @@ def test_direct_mode_pass_at_1_and_pass_at_k():
     assert [r["correct"] for r in results["items"]] == [2, 1]
     assert results["aggregates"]["pass@1"] == pytest.approx((1 + 0.5) / 2)
     assert results["aggregates"]["pass@2"] == pytest.approx((1 + pass_at_k(2, 1, 2)) / 2) == 1.0
-    assert [p[2].seed for p in model.prompts] == [5, 6, 5, 6] and model.prompts[0][1] == ("[/ANSWER]",)
+    assert [p[2].seed for p in model.prompts] == [5, 6, 5, 6] and model.prompts[0][1] == ("\n",)
     json.dumps(results)  # the results are plain JSON

@@ -7,36 +7,49 @@ pass@1 for CruxEval, free-running (or teacher-forced) state exact match for trac
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
 from pathlib import Path
 
 
-def _backend_flags(p: argparse.ArgumentParser) -> None:
+def _backend_flags(p: argparse.ArgumentParser, max_new_tokens: str) -> None:
     p.add_argument("--model", help="local checkpoint directory")
     p.add_argument("--server", help="URL of a server with /completions (cwm serve, the release's fgserve)")
     p.add_argument("--tokenizer", help="tokenizer files (needed with --server; default: --model)")
+    p.add_argument("--context", type=int, default=None,
+                   help="the model's context in tokens (default: a local model's own; a server's is not checked without it)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N items")
-    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--max-new-tokens", type=int, default=None, help=f"per request, capped at the context left ({max_new_tokens})")
     p.add_argument("--temperature", type=float, default=None, help="default: 0 (greedy) for one sample, 0.2 for several")
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="results JSON (default: eval-<task>-<time>.json)")
+    p.add_argument("--out", default=None, help="results JSON (default: eval-<task>-<mode>-<hash of the settings>.json); "
+                   "items are written as they finish to the same name with .jsonl, and a rerun with the same "
+                   "settings resumes from it")
+    p.add_argument("--fresh", action="store_true", help="start over: ignore (and overwrite) the items of an earlier run")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from cwm.eval.cruxeval import MAX_NEW_TOKENS
+
     sub = parser.add_subparsers(dest="task", required=True)
     crux = sub.add_parser("cruxeval", help="CruxEval-O: predict a function's output (pass@1, pass@k)")
     crux.add_argument("--mode", choices=("direct", "trace"), default="direct")
     crux.add_argument("--samples", type=int, default=1, help="K samples per problem, for pass@k")
-    crux.add_argument("--data", default=None, help="cruxeval.jsonl (default: ../shared/data/cruxeval)")
-    _backend_flags(crux)
+    crux.add_argument("--data", default=None, help="cruxeval.jsonl (default: the copy inside the package)")
+    _backend_flags(crux, "default: " + ", ".join(f"{n} in {m} mode" for m, n in MAX_NEW_TOKENS.items()))
     trace = sub.add_parser("trace", help="trace prediction on a `cwm data build` dataset")
     trace.add_argument("--data", required=True, help="dataset directory (manifest.json + Parquet shards)")
     trace.add_argument("--mode", choices=("free", "teacher"), default="free")
-    _backend_flags(trace)
+    _backend_flags(trace, f"default {TRACE_MAX_NEW_TOKENS}")
+
+
+TRACE_MAX_NEW_TOKENS = 1024
+# The settings a run's items depend on: a results file resumes only a run with the same ones.
+SETTINGS = ("task", "mode", "data", "model", "server", "samples", "temperature", "top_p", "seed", "max_new_tokens", "context")
 
 
 def run(args) -> int:
@@ -49,17 +62,34 @@ def run(args) -> int:
         return 2
 
 
+def _settings(args) -> dict:
+    """What the items depend on, paths made absolute (the same run from another directory resumes)."""
+    settings = {k: getattr(args, k, None) for k in SETTINGS}
+    for k in ("data", "model"):
+        if settings[k]:
+            settings[k] = str(Path(settings[k]).resolve())
+    settings.setdefault("samples", 1)
+    return settings
+
+
 def _run(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
     from cwm.backends import Sampling, open_backend
+    from cwm.eval.run import ResultsLog
 
     samples = getattr(args, "samples", 1)
     if samples < 1:
         raise ValueError(f"--samples must be at least 1, not {samples}")
-    temperature = args.temperature if args.temperature is not None else (0.0 if samples == 1 else 0.2)
-    sampling = Sampling(temperature=temperature, top_p=args.top_p if temperature > 0 else 1.0,
+    if args.context is not None and (args.context < 2 or args.model):
+        raise ValueError("--context (at least 2 tokens) is for --server; a local model's context is its own")
+    if args.max_new_tokens is None:
+        from cwm.eval.cruxeval import MAX_NEW_TOKENS
+
+        args.max_new_tokens = MAX_NEW_TOKENS[args.mode] if args.task == "cruxeval" else TRACE_MAX_NEW_TOKENS
+    args.temperature = args.temperature if args.temperature is not None else (0.0 if samples == 1 else 0.2)
+    sampling = Sampling(temperature=args.temperature, top_p=args.top_p if args.temperature > 0 else 1.0,
                         max_new_tokens=args.max_new_tokens, seed=args.seed)
     # The data first: a bad path should not wait for a large model to load.
     if args.task == "cruxeval":
@@ -70,15 +100,23 @@ def _run(args) -> int:
         from cwm.eval.traces import load_cases, run_traces
 
         cases = load_cases(args.data, args.limit)
+    settings = _settings(args)
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    out = Path(args.out or f"eval-{args.task}-{args.mode}-{digest}.json")
+    log = ResultsLog(out.with_suffix(".jsonl"), settings, fresh=args.fresh)
+    print(f"items: {log.path}" + (f" (resuming: {len(log.done)} done)" if log.done else ""), file=sys.stderr)
     backend = open_backend(args.model, args.server, args.tokenizer or args.model, args.device)
+    if args.context is not None:
+        backend.context_length = args.context
     started = time.time()
-    if args.task == "cruxeval":
-        results = run_cruxeval(backend, items, args.mode, samples, sampling)
-    else:
-        results = run_traces(backend, cases, args.mode, sampling)
-    results["config"] = {k: v for k, v in vars(args).items() if k != "func"} | {
-        "temperature": temperature, "seconds": round(time.time() - started, 2)}
-    out = Path(args.out or f"eval-{args.task}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    try:
+        if args.task == "cruxeval":
+            results = run_cruxeval(backend, items, args.mode, samples, sampling, log=log)
+        else:
+            results = run_traces(backend, cases, args.mode, sampling, log=log)
+    finally:
+        log.close()
+    results["config"] = {k: v for k, v in vars(args).items() if k != "func"} | {"seconds": round(time.time() - started, 2)}
     out.write_text(json.dumps(results, indent=1))
 
     console = Console()
@@ -89,6 +127,6 @@ def _run(args) -> int:
         if isinstance(value, (int, float)) and value is not None:
             table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
-    console.print(f"results: {out}")
+    print(f"results: {out}")
     print(f"score: {results['aggregates'][results['headline']]:.4f}")
     return 0

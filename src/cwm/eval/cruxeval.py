@@ -80,6 +80,7 @@ assert f({input}) == ??
 
 
 DIRECT_STOP = "[/ANSWER]"
+DIRECT_STOP_LINE = "\n"  # the end of the answer's line (before [/ANSWER])
 
 
 def extract_direct_answer(generation: str) -> str:
@@ -121,42 +122,68 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def answer_by_trace(backend, item: dict, sampling) -> tuple[str | None, dict]:
-    """Trace mode: predict main()'s trace; the answer is main's final return value."""
+    """Trace mode: predict main()'s trace up to main's return frame; the answer is its value."""
     from cwm.eval.metrics import output_of
     from cwm.eval.traces import Case, predict_free
     from cwm.eval.tracetext import entry_frame
 
     context = trace_context(item["code"], item["input"])
-    prediction = predict_free(backend, Case(item["id"], context, [entry_frame(context)]), sampling)
+    prediction = predict_free(backend, Case(item["id"], context, [entry_frame(context)]), sampling, to_entry_return=True)
     top = [f for f in prediction.frames if f.depth == 0]  # main's own frames
     answer = output_of(top)
-    return answer, {"error": prediction.error, "frames": len(prediction.frames)}
+    return answer, {"error": prediction.error, "reason": prediction.reason, "frames": len(prediction.frames),
+                    "malformed": prediction.malformed}
 
 
 def answer_directly(backend, item: dict, sampling) -> tuple[str | None, dict]:
-    out = backend.complete(direct_prompt(item["code"], item["input"]), stop=[DIRECT_STOP], sampling=sampling)
-    return extract_direct_answer(out.text), {"generation": out.text}
+    """Direct mode: the benchmark's prompt; the answer line ends the generation (the assertion is
+    one line: stopping at its newline ends it as soon as it is complete)."""
+    from cwm.backends import encode_prompt
+    from cwm.eval.run import TooLong, fit
+
+    prompt = direct_prompt(item["code"], item["input"])
+    try:
+        if backend.tokenizer is not None:
+            sampling = fit(backend, len(encode_prompt(backend.tokenizer, prompt)), sampling)
+    except TooLong as e:
+        return None, {"generation": "", "reason": str(e)}
+    out = backend.complete(prompt, stop=[DIRECT_STOP_LINE], sampling=sampling)
+    return extract_direct_answer(out.text), {"generation": out.text, "reason": None}
 
 
-def run_cruxeval(backend, items: list[dict], mode: str, samples: int, sampling) -> dict:
-    """Answer each problem `samples` times and score as the benchmark does."""
+# Default new tokens per answer: a direct answer is one line (the longest gold output of the
+# benchmark is 89 tokens of the release's tokenizer); a trace to main's return is longer
+# (CruxEval's median trace is ~400 tokens), and a generation stops as soon as the answer is complete.
+MAX_NEW_TOKENS = {"direct": 256, "trace": 1024}
+
+
+def run_cruxeval(backend, items: list[dict], mode: str, samples: int, sampling, log=None) -> dict:
+    """Answer each problem `samples` times and score as the benchmark does. With a log
+    (cwm.eval.run.ResultsLog), each problem is written as it is done, and problems already in the
+    log are not asked again."""
     from dataclasses import replace
 
-    from rich.progress import track
+    from cwm.eval.run import items_to_do, progress
 
     answer = {"direct": answer_directly, "trace": answer_by_trace}[mode]
-    results = []
-    for item in track(items, description=f"cruxeval ({mode})", transient=True):
+    done, todo = items_to_do(items, log, key=lambda item: item["id"])
+    fresh = {}
+    for item in progress(todo, f"cruxeval ({mode})", done=len(done)):
         tries = []
         for s in range(samples):
             seeded = replace(sampling, seed=None if sampling.seed is None else sampling.seed + s)
             got, detail = answer(backend, item, seeded)
             ok = check_answer(item["code"], item["input"], item["output"], got)
             tries.append({"answer": got, "correct": ok, **detail})
-        results.append({"id": item["id"], "gold": item["output"], "samples": tries,
-                        "correct": sum(t["correct"] for t in tries)})
+        fresh[item["id"]] = result = {"id": item["id"], "gold": item["output"], "samples": tries,
+                                      "correct": sum(t["correct"] for t in tries),
+                                      "failed": all(t["reason"] is not None for t in tries)}
+        if log is not None:
+            log.add(result)
+    results = [fresh.get(item["id"]) or log.done[str(item["id"])] for item in items]
     ks = sorted({1, samples})
     n = len(results)
     aggregates = {f"pass@{k}": sum(pass_at_k(samples, r["correct"], k) for r in results) / n if n else 0.0 for k in ks}
     aggregates["problems"] = n
+    aggregates["failed"] = sum(r["failed"] for r in results)  # prompts that did not fit the context
     return {"task": "cruxeval", "mode": mode, "headline": "pass@1", "aggregates": aggregates, "items": results}

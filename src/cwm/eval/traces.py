@@ -10,12 +10,13 @@ frame 1. Two modes:
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cwm.backends import Backend, Sampling
 from cwm.eval import tracetext
 from cwm.eval.metrics import TraceScore, score_trace
+from cwm.eval.run import ResultsLog, TooLong, fit, items_to_do, progress
 from cwm.trace.format import Frame
 
 MODES = ("teacher", "free")
@@ -33,37 +34,108 @@ class Case:
 class Prediction:
     frames: list[Frame]  # predicted frames 1.. (INVALID where a teacher-forced frame did not parse)
     valid: float  # free: 1.0 or 0.0; teacher-forced: the fraction of frames that parsed
-    error: str | None = None  # the first parse error
+    error: str | None = None  # the first parse error (or why nothing was predicted)
     text: str = ""  # the model's raw output (free-running)
+    malformed: list[dict] = field(default_factory=list)  # {"step": k, "text": raw output} per frame that did not parse
+    reason: str | None = None  # set when (part of) the case could not be asked: its prompt did not fit the context
 
 
-def predict_free(backend: Backend, case: Case, sampling: Sampling) -> Prediction:
+def failed(reason: str) -> Prediction:
+    """Nothing predicted (the prompt does not fit): every step counts as wrong."""
+    return Prediction([], 0.0, reason, reason=reason)
+
+
+def predict_free(backend: Backend, case: Case, sampling: Sampling, to_entry_return: bool = False) -> Prediction:
+    """The rest of the trace in one go, from the entry's call frame. With `to_entry_return` it stops
+    as soon as the entry's own return frame is complete (all CruxEval's trace mode needs)."""
     tok = backend.tokenizer
     given = case.frames[:1]
     prompt = tracetext.context_ids(tok, case.context) + tracetext.frames_ids(tok, case.context, given)[0]
-    out = backend.complete(prompt, stop=[], sampling=sampling)
-    frames, error = tracetext.parse_frames(tok, prompt, out.tokens)
-    if error is None and out.tokens[-1:] != [tok.eos_id]:
-        error = f"the trace did not end with <|end_of_text|> within {sampling.max_new_tokens} tokens"
-    return Prediction(frames, float(error is None), error, out.text)
+    try:
+        budget = fit(backend, len(prompt), sampling)
+    except TooLong as e:
+        return failed(str(e))
+    capped = " (the end of the context)" if budget.max_new_tokens < sampling.max_new_tokens else ""
+    if to_entry_return:
+        tokens, returned = _generate_to_entry_return(backend, prompt, budget)
+    else:
+        tokens = backend.complete(prompt, stop=[], sampling=budget).tokens
+    frames, error = tracetext.parse_frames(tok, prompt, tokens)
+    if error is None and to_entry_return and not returned:
+        error = f"the entry did not return within {budget.max_new_tokens} tokens{capped}"
+    elif error is None and not to_entry_return and tokens[-1:] != [tok.eos_id]:
+        error = f"the trace did not end with <|end_of_text|> within {budget.max_new_tokens} tokens{capped}"
+    malformed = []
+    if error is not None:  # the raw output of the frame where the text stopped being a trace
+        raw = _frame_texts(tok, tokens)
+        if len(frames) < len(raw):
+            malformed.append({"step": len(frames) + 1, "text": raw[len(frames)]})
+    return Prediction(frames, float(error is None), error, tok.decode(tokens), malformed)
+
+
+def _generate_to_entry_return(backend: Backend, prompt: list[int], sampling: Sampling) -> tuple[list[int], bool]:
+    """Generate until the entry's return frame ends (calls and returns counted, the entry's call
+    being in the prompt): requests that stop at each <|return_sep|>, then one to the <|frame_sep|>
+    after the entry's. Returns (tokens, whether the entry returned)."""
+    tok = backend.tokenizer
+    call, ret, sep = (tok.special_id(s) for s in ("<|call_sep|>", "<|return_sep|>", "<|frame_sep|>"))
+    tokens: list[int] = []
+    stop = "<|return_sep|>"
+    while len(tokens) < sampling.max_new_tokens:
+        left = dataclasses.replace(sampling, max_new_tokens=sampling.max_new_tokens - len(tokens))
+        out = backend.complete(prompt + tokens, stop=[stop], sampling=left).tokens
+        tokens += out
+        if stop == "<|frame_sep|>":
+            return tokens, out[-1:] == [sep]
+        if out[-1:] != [ret]:
+            break  # the model ended the text, or the budget ran out
+        if tokens.count(ret) >= 1 + tokens.count(call):  # this return is the entry's
+            stop = "<|frame_sep|>"
+    return tokens, False
+
+
+def _frame_texts(tok, tokens: list[int]) -> list[str]:
+    """The generated tokens cut after each <|frame_sep|>, decoded: one text per frame."""
+    texts, current = [], []
+    for t in tokens:
+        current.append(t)
+        if t == tok.frame_sep_id:
+            texts.append(tok.decode(current))
+            current = []
+    if current:
+        texts.append(tok.decode(current))
+    return texts
 
 
 def predict_teacher_forced(backend: Backend, case: Case, sampling: Sampling) -> Prediction:
+    """Each frame from the real ones before it. A step whose prompt does not fit the context is not
+    asked (it counts as wrong, and so do the later ones, whose prompts are longer still)."""
     tok = backend.tokenizer
     context = tracetext.context_ids(tok, case.context)
     real_ids = tracetext.frames_ids(tok, case.context, case.frames)
-    frames, first_error, parsed = [], None, 0
+    frames, first_error, parsed, malformed, reason = [], None, 0, [], None
     for k in range(1, len(case.frames)):
         prompt = context + [t for ids in real_ids[:k] for t in ids]
-        out = backend.complete(prompt, stop=["<|frame_sep|>"], sampling=sampling)
+        try:
+            budget = fit(backend, len(prompt), sampling)
+        except TooLong as e:
+            if k == 1:
+                return failed(str(e))
+            reason = f"steps {k}-{len(case.frames) - 1} not asked: {e}"
+            first_error = first_error or reason
+            frames += [INVALID] * (len(case.frames) - k)
+            break
+        out = backend.complete(prompt, stop=["<|frame_sep|>"], sampling=budget)
         got, error = tracetext.parse_frames(tok, prompt, out.tokens)
         # complete = ends with <|frame_sep|> (the release's fgserve answers "length" for every choice)
         if error is None and (len(got) != 1 or out.tokens[-1:] != [tok.frame_sep_id]):
             error = f"step {k}: expected one frame ending with <|frame_sep|>, got {out.text[:80]!r}"
+        if error is not None:
+            malformed.append({"step": k, "text": out.text})
         parsed += error is None
         first_error = first_error or error
         frames.append(got[0] if error is None else INVALID)
-    return Prediction(frames, parsed / max(1, len(case.frames) - 1), first_error)
+    return Prediction(frames, parsed / max(1, len(case.frames) - 1), first_error, malformed=malformed, reason=reason)
 
 
 def evaluate_case(backend: Backend, case: Case, mode: str, sampling: Sampling) -> tuple[Prediction, TraceScore]:
@@ -100,16 +172,22 @@ def frames_to_json(frames: list[Frame]) -> list[dict]:
     return [dataclasses.asdict(f) for f in frames]
 
 
-def run_traces(backend: Backend, cases: list[Case], mode: str, sampling: Sampling) -> dict:
-    """Score every case; the results dict has per-item results, aggregates and the headline metric."""
-    from rich.progress import track
-
+def run_traces(backend: Backend, cases: list[Case], mode: str, sampling: Sampling, log: ResultsLog | None = None) -> dict:
+    """Score every case; the results dict has per-item results, aggregates and the headline metric.
+    With a log, each item is written as it is done, and cases already in the log are not run again."""
     from cwm.eval.metrics import aggregate
 
-    items, scores = [], []
-    for case in track(cases, description=f"trace prediction ({mode})", transient=True):
+    done, todo = items_to_do(cases, log, key=lambda c: c.id)
+    fresh = {}
+    for case in progress(todo, f"trace prediction ({mode})", done=len(done)):
         prediction, score = evaluate_case(backend, case, mode, sampling)
-        scores.append(score)
-        items.append({"id": case.id, "score": score.as_dict(), "error": prediction.error,
-                      "predicted": frames_to_json(prediction.frames)})
-    return {"task": "trace", "mode": mode, "headline": "state", "aggregates": aggregate(scores), "items": items}
+        fresh[case.id] = item = {"id": case.id, "score": score.as_dict(), "error": prediction.error,
+                                 "failed": not prediction.frames and prediction.reason is not None,
+                                 "reason": prediction.reason, "malformed": prediction.malformed,
+                                 "predicted": frames_to_json(prediction.frames)}
+        if log is not None:
+            log.add(item)
+    items = [fresh.get(c.id) or log.done[str(c.id)] for c in cases]
+    aggregates = aggregate([TraceScore(**item["score"]) for item in items])
+    aggregates["failed"] = sum(item["failed"] for item in items)  # prompts that did not fit the context
+    return {"task": "trace", "mode": mode, "headline": "state", "aggregates": aggregates, "items": items}

@@ -1,0 +1,128 @@
+"""What every evaluation run shares: the context budget, the results file, progress.
+
+- `fit`: a prompt is checked against the model's context before anything is generated, and
+  `max_new_tokens` is capped at the context left; a prompt that does not fit raises `TooLong`,
+  which the runners record as that item's failure (its `reason`), never as a crash.
+- `ResultsLog`: the items of a run as JSON lines (a header line with the run's settings, then one
+  line per item, flushed as each is done). Opened again with the same settings it resumes: the
+  items already there are not evaluated again. Other settings are refused, unless `fresh`.
+- `progress`: a rich progress bar on stderr with n/total, rate and ETA.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+
+class TooLong(ValueError):
+    """The prompt leaves no room in the model's context to generate anything."""
+
+    def __init__(self, prompt_tokens: int, context: int):
+        self.prompt_tokens, self.context = prompt_tokens, context
+        relation = ">" if prompt_tokens > context else "="
+        super().__init__(f"prompt longer than the context ({prompt_tokens} {relation} {context} tokens)")
+
+
+def context_of(backend) -> int | None:
+    """The model's context in tokens; None where the backend does not say (then nothing is checked)."""
+    context = getattr(backend, "context_length", None)
+    return int(context) if context else None
+
+
+def fit(backend, prompt_tokens: int, sampling):
+    """`sampling` with max_new_tokens capped at the context left after the prompt.
+    Raises TooLong when the prompt alone fills the context."""
+    context = context_of(backend)
+    if context is None:
+        return sampling
+    if prompt_tokens >= context:
+        raise TooLong(prompt_tokens, context)
+    return dataclasses.replace(sampling, max_new_tokens=min(sampling.max_new_tokens, context - prompt_tokens))
+
+
+class ResultsLog:
+    """One JSON line per finished item, appended and flushed at once (a killed run loses at most
+    the item it was on). The first line holds the run's settings; `done` maps the ids already
+    there to their items."""
+
+    def __init__(self, path: str | Path, settings: dict, fresh: bool = False):
+        self.path = Path(path)
+        self.settings = settings
+        self.done: dict[str, dict] = {}
+        self._file = None  # opened at the first item: a run that fails before any leaves no file
+        if self.path.exists() and not fresh:
+            self._read()
+
+    def _read(self) -> None:
+        try:
+            lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+            header = json.loads(lines[0])["settings"] if lines else None
+        except (ValueError, KeyError, TypeError):
+            header = None
+        if not isinstance(header, dict):
+            raise ValueError(f"{self.path} is not a results file of `cwm eval`; give another --out, or --fresh to overwrite it")
+        differ = sorted(k for k in set(header) | set(self.settings) if header.get(k) != self.settings.get(k))
+        if differ:
+            what = ", ".join(f"{k}: {header.get(k)!r} there, {self.settings.get(k)!r} now" for k in differ)
+            raise ValueError(f"{self.path} holds a run with other settings ({what}); "
+                             f"give another --out, or --fresh to start over")
+        for line in lines[1:]:
+            try:
+                item = json.loads(line)
+            except ValueError:
+                continue  # the line a killed run was writing
+            if isinstance(item, dict) and "id" in item:
+                self.done[str(item["id"])] = item
+
+    def add(self, item: dict) -> None:
+        if self._file is None:  # rewritten whole first: a torn last line goes
+            lines = [json.dumps({"settings": self.settings})] + [json.dumps(done) for done in self.done.values()]
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in lines))
+            os.replace(tmp, self.path)
+            self._file = self.path.open("a")
+        self.done[str(item["id"])] = item
+        self._file.write(json.dumps(item) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def progress(items: list, description: str, done: int = 0) -> Iterator:
+    """Iterate `items` with a progress bar on stderr: n/total (counting `done` resumed items),
+    items per second (or seconds per item), elapsed and ETA."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task):  # over this run's items (rich's own speed needs several samples)
+            ran = task.completed - task.fields["resumed"]
+            speed = ran / task.elapsed if ran and task.elapsed else None
+            if not speed:
+                return Text("?/s")
+            return Text(f"{speed:.2f} items/s" if speed >= 1 else f"{1 / speed:.1f} s/item")
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task(description, total=done + len(items), completed=done, resumed=done)
+        for item in items:
+            yield item
+            bar.advance(task)
+
+
+def items_to_do(items: Iterable, log: ResultsLog | None, key) -> tuple[list, list]:
+    """(the items the log already holds, the rest), each in order."""
+    if log is None:
+        return [], list(items)
+    done, todo = [], []
+    for item in items:
+        (done if str(key(item)) in log.done else todo).append(item)
+    return done, todo
