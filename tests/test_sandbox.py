@@ -334,7 +334,7 @@ def test_deep_recursion():
             nested = [nested]
         return len(repr(nested))  # list repr recurses in C
 
-    res = run_function(c_stack_overflow, limits=SMALL)
+    res = run_function(c_stack_overflow, limits=small(timeout=30))  # ~5 s on a loaded 2-core machine
     assert res.status == "crash" and res.returncode == -signal.SIGSEGV and "deep recursion" in res.error
     assert_healthy(res)
 

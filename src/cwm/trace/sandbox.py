@@ -1180,7 +1180,7 @@ def _run_one(fn, item, state: _RunnerState):
     except Exception as e:
         _write_result(("error", None, f"a call's result could not be read: {e}"), _RESULT)
     if status == "exit" and not data:  # it left without a result: os._exit(n) or similar
-        _flush_and_exit(os.WEXITSTATUS(wait_status) or 1)
+        _flush_and_exit(os.WEXITSTATUS(wait_status))
     if status != "ok":
         _write_result((status, value, error), _RESULT)
     return value
