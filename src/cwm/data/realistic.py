@@ -566,7 +566,7 @@ def count_with_sum(g: _Gen) -> Fn:
 def sum_matching(g: _Gen) -> Fn:
     nums, total, x = g.name("list"), g.name("int"), g.loop_var("int")
     op = g.rng.choice(["+=", "-=", "+= 2 *"])
-    body = [f"{total} = {g.rng.choice([0, 0, 1, g.int(-5, 10)])}", f"for {x} in {nums}:", f"    if {g.int_pred(x)}:", f"        {total} {op} {x}".replace("2 * " + x, f"2 * {x}")]
+    body = [f"{total} = {g.rng.choice([0, 0, 1, g.int(-5, 10)])}", f"for {x} in {nums}:", f"    if {g.int_pred(x)}:", f"        {total} {op} {x}"]
     if g.rng.random() < 0.4:
         body += ["    else:", f"        {total} {g.rng.choice(['-=', '+='])} 1"]
     body.append(f"return {total}")
@@ -688,7 +688,7 @@ def chunks(g: _Gen) -> Fn:
 
 @template
 def rotate(g: _Gen) -> Fn:
-    items, k, _ = g.name("list"), g.name("int"), None
+    items, k = g.name("list"), g.name("int")
     body = [f"if not {items}:", f"    return {items}", f"{k} = {k} % len({items})", f"return {items}[{k}:] + {items}[:{k}]"]
     if g.rng.random() < 0.5:
         body = [f"for _ in range({k}):", f"    {items}.append({items}.pop(0))", f"return {items}"]
