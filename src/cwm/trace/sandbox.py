@@ -524,9 +524,10 @@ _CHECKED_CONSTRUCTORS = {("fractions", "Fraction"): _fraction}
 MAX_RESULT_DEPTH = 100  # nesting of containers in a result; deeper ones would crash repr or json in the caller
 
 
-def load_result(data: bytes, max_bytes: int) -> tuple[str, Any, str | None]:
-    """The (status, value, error) a child sent, unpickled with the allow-list and checked; raises
-    ValueError or pickle.UnpicklingError (with the reason) for anything else."""
+def load_result(data: bytes, max_bytes: int, check: bool = True) -> tuple[str, Any, str | None]:
+    """The (status, value, error) a child sent, unpickled with the allow-list and (check) its value
+    checked by check_value; raises ValueError or pickle.UnpicklingError (with the reason) for
+    anything else."""
     message = _SafeUnpickler(io.BytesIO(data)).load()
     if type(message) is not tuple or len(message) != 3:
         raise ValueError("it is not a (status, value, error) triple")
@@ -535,7 +536,8 @@ def load_result(data: bytes, max_bytes: int) -> tuple[str, Any, str | None]:
         raise ValueError(f"it has an unknown status {status!r:.80}")
     if error is not None and type(error) is not str:
         raise ValueError(f"its error is a {type(error).__name__}, not a str")
-    check_value(value, max_bytes)
+    if check:
+        check_value(value, max_bytes)
     return status, value, error
 
 
@@ -1116,7 +1118,8 @@ def run_each(fn: Callable[[Any], Any], items: list) -> list:
     dir; processes it leaves) can change what a later one returns. Between calls, every process the
     last one left is killed and the files it left in the temp dir are removed.
 
-    Each value crosses back pickled and checked as run_function's own is. If a call does not return
+    Each value crosses back pickled and is unpickled with the same allow-list (the caller then checks
+    the whole result with check_value, as for any run_function). If a call does not return
     (it raises, exits, crashes, hits a limit), the whole run ends at once with that call's outcome,
     as if it had run alone: run_function then reports its status (and error) for the whole run.
     """
@@ -1176,7 +1179,9 @@ def _run_one(fn, item, state: _RunnerState):
             signal.signal(sig, signal.SIG_DFL)
         os.kill(os.getpid(), sig)
     try:
-        status, value, error = load_result(bytes(data), state.max_result_bytes) if data else ("exit", None, None)
+        # check_value is left to the caller, which checks the whole run's result (the runner only
+        # re-pickles this value, which keeps its sharing and so cannot expand it)
+        status, value, error = load_result(bytes(data), state.max_result_bytes, check=False) if data else ("exit", None, None)
     except Exception as e:
         _write_result(("error", None, f"a call's result could not be read: {e}"), _RESULT)
     if status == "exit" and not data:  # it left without a result: os._exit(n) or similar
