@@ -212,12 +212,27 @@ def _compose(rng: random.Random, knobs: Knobs) -> Program:
         blocks.append("\n".join([f"def {helper}({params}):", *("    " + line for line in body)]))
         result = g.name("any")
         body = [f"{result} = {helper}({params})", f"return {result}"]
-    blocks.append("\n".join([f"def {name}({params}):", *("    " + line for line in body)]))
+    signature, args = _signature(rng, fn.params)
+    blocks.append("\n".join([f"def {name}({signature}):", *("    " + line for line in body)]))
     source = "\n\n".join(blocks) + "\n"
-    call = f"{name}({', '.join(repr(v) for _, v in fn.params)})"
+    call = f"{name}({args})"
     if rng.random() * 100 < knobs.main:
         return Program(entry_context(source, call).replace(MARKER, ""), f"{ENTRY}()", origin + ":main")
     return Program(source, call, origin)
+
+
+def _signature(rng: random.Random, params: list[tuple[str, object]]) -> tuple[str, str]:
+    """(the function's parameter list, the call's arguments). An int or str last parameter is 10%
+    of the time a default the call leaves out, 10% passed by keyword."""
+    names, args = [p for p, _ in params], [repr(v) for _, v in params]
+    last, value = params[-1]
+    roll = rng.random()
+    if isinstance(value, (int, str)) and roll < 0.2:
+        if roll < 0.1:
+            names[-1], args = f"{last}={value!r}", args[:-1]
+        else:
+            args[-1] = f"{last}={value!r}"
+    return ", ".join(names), ", ".join(args)
 
 
 def _dressed(g: "_Gen", fn: "Fn") -> list[str]:
