@@ -745,6 +745,12 @@ def test_no_unix_socket_is_reachable():
             res = run_command([sys.executable, "-c", f"import socket; socket.socket(socket.AF_UNIX).connect({address!r})"],
                               limits=SMALL)
             assert res.status == "exit" and "PermissionError" in res.stderr
+        # The abstract socket is not even listed inside: it lives in the host's network namespace
+        # (with network=True the namespace is shared: listed, and only the filter refuses it).
+        name = f"@cwm-test-{os.getpid()}"
+        assert name in Path("/proc/net/unix").read_text()
+        assert run_function(lambda: name in Path("/proc/net/unix").read_text(), limits=SMALL).value is False
+        assert run_function(lambda: name in Path("/proc/net/unix").read_text(), limits=small(network=True)).value is True
         # what needs no socket file still works: socketpair (asyncio's self-pipe)
         res = run_function(lambda: socket.socketpair()[0].family.name, limits=SMALL)
         assert res.ok and res.value == "AF_UNIX"

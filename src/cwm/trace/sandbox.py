@@ -12,7 +12,9 @@ How one run is built (root, the normal case on our machines; see docs/sandbox.md
                                    rlimits (CPU, address space, open files, file size, processes)
                                    cwd: the private /tmp (or the caller's workspace)
                                    drop to a uid of its own (200000 + caller thread id), no new privileges
-                                   run fn / exec the command
+                                   seccomp: no unix sockets, no nested user namespaces
+                                   a fixed clean environment (none of the caller's variables)
+                                   run fn / exec the command (run_each: each call in a fresh fork)
                        wait4(runner), report its exit status and CPU time, exit
 
 The caller never blocks forever: it reads every pipe through one selector until a wall-clock
