@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+import struct
 import subprocess
 import sys
 
@@ -292,3 +293,75 @@ def test_meta_global_window_covering_the_context_converts(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"global_window is {context - 1}, less than the context (max_seq_len {context})" in result.stderr
     assert not (tmp_path / "bad").exists()
+
+
+# --- corrupt checkpoints through the CLI -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def servable(tmp_path_factory, tok):
+    """A complete tiny checkpoint (weights + tokenizer) that `cwm serve` would serve."""
+    from conftest import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("servable") / "ckpt", tok, max_seq_len=256)
+
+
+def _shard(path):
+    return sorted(path.glob("model-*.safetensors"))[0]
+
+
+def _with_header(path, edit):
+    """Rewrite the first shard's safetensors header as edit(header) (JSON), keeping its data."""
+    raw = _shard(path).read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    new = edit(json.loads(raw[8 : 8 + n]))
+    new = new if isinstance(new, bytes) else json.dumps(new).encode()
+    _shard(path).write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + n :])
+
+
+def _each_tensor(field, value):
+    return lambda h: {k: (v if k == "__metadata__" else v | {field: value}) for k, v in h.items()}
+
+
+def _tokenizer_edit(edit):
+    def apply(path):
+        data = json.loads((path / "tokenizer.json").read_text())
+        (path / "tokenizer.json").write_text(json.dumps(edit(data)))
+    return apply
+
+
+CORRUPTIONS = {  # name -> (how to damage the checkpoint, the file the message must name, words it must say)
+    "header not JSON": (lambda p: _with_header(p, lambda h: b"\xff\xfe not json at all"), "model-00001", "header is not JSON"),
+    "header a list": (lambda p: _with_header(p, lambda h: [1, 2]), "model-00001", "not a JSON object"),
+    "shape a string": (lambda p: _with_header(p, _each_tensor("shape", "big")), "model-00001", "damaged header"),
+    "offsets of the wrong type": (lambda p: _with_header(p, _each_tensor("data_offsets", ["0", None])), "model-00001", "damaged header"),
+    "truncated shard": (lambda p: _shard(p).write_bytes(_shard(p).read_bytes()[:5000]), "model-00001", "truncated"),
+    "index a list": (lambda p: (p / "model.safetensors.index.json").write_text("[]"), "index.json", "weight_map"),
+    "index map of numbers": (lambda p: (p / "model.safetensors.index.json").write_text('{"weight_map": {"a": 1}}'),
+                             "index.json", "weight_map"),
+    "index not UTF-8": (lambda p: (p / "model.safetensors.index.json").write_bytes(b'{"\xff": 1}'), "index.json", "not valid UTF-8 JSON"),
+    "config a list": (lambda p: (p / "config.json").write_text("[]"), "config.json", "found a list"),
+    "tokenizer not UTF-8": (lambda p: (p / "tokenizer.json").write_bytes(b"\xff\xfe{}"), "tokenizer.json", "not valid JSON"),
+    "tokenizer truncated": (lambda p: (p / "tokenizer.json").write_bytes((p / "tokenizer.json").read_bytes()[:700]),
+                            "tokenizer.json", "not valid JSON"),
+    "tokenizer added_tokens wrong": (_tokenizer_edit(lambda d: d | {"added_tokens": [5, 6]}), "tokenizer.json", "added_tokens"),
+    "tokenizer model wrong": (_tokenizer_edit(lambda d: d | {"model": {"type": "BPE", "vocab": "x"}}),
+                              "tokenizer.json", "not a valid Hugging Face tokenizer file"),
+}
+
+
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
+def test_cwm_serve_refuses_a_corrupt_checkpoint_in_one_line(servable, tmp_path, name):
+    import shutil
+
+    from conftest import free_port
+
+    damage, file, words = CORRUPTIONS[name]
+    path = tmp_path / "ckpt"
+    shutil.copytree(servable, path)
+    damage(path)
+    result = subprocess.run([sys.executable, "-m", "cwm", "serve", "--model", str(path), "--port", str(free_port())],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert file in result.stderr and words in result.stderr, result.stderr

@@ -1,6 +1,7 @@
 """Presets, sizes and `cwm model info`."""
 
 import dataclasses
+import json
 import subprocess
 import sys
 
@@ -75,3 +76,41 @@ def test_model_info_cli():
     assert "global layers (16):" in hf_rule.stdout
     bad = cwm("model", "info", "--preset", "nope")
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown model preset 'nope'") and "Traceback" not in bad.stderr
+
+
+def _write_config(tmp_path, content) -> str:
+    (tmp_path / "config.json").write_bytes(content if isinstance(content, bytes) else json.dumps(content).encode())
+    return str(tmp_path)
+
+
+TINY_HF = get_preset("cwm-tiny").to_hf_dict()
+
+
+@pytest.mark.parametrize("content, message", [
+    ([TINY_HF], "expected a JSON object of model settings, found a list"),
+    (b'{"model_type": "cwm", ', "not valid UTF-8 JSON"),
+    (b'{"model_type": "cwm\xff"}', "not valid UTF-8 JSON"),
+    ({"model_type": "cwm", "hidden_size": 64}, "missing field 'num_attention_heads'"),
+    ({k: v for k, v in TINY_HF.items() if k != "vocab_size"}, "missing field 'vocab_size'"),
+    (TINY_HF | {"hidden_size": "big"}, "hidden_size must be an integer, not 'big'"),
+    (TINY_HF | {"rope_parameters": [1, 2]}, "rope_parameters"),
+    (TINY_HF | {"num_hidden_layers": 10**8, "layer_types": None}, "num_hidden_layers = 100000000 is outside [1, 1024]"),
+    (TINY_HF | {"hidden_size": 10**9}, "hidden_size = 1000000000 is outside"),
+    (TINY_HF | {"vocab_size": 10**12}, "vocab_size = 1000000000000 is outside"),
+    (TINY_HF | {"intermediate_size": -5}, "intermediate_size = -5 is outside"),
+    (TINY_HF | {"rms_norm_eps": None}, "rms_norm_eps must be a positive finite number"),
+])
+def test_model_info_refuses_a_corrupt_or_absurd_config_json_in_one_line(tmp_path, content, message):
+    result = cwm("model", "info", "--model", _write_config(tmp_path, content))  # a hang fails on the timeout
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and str(tmp_path / "config.json") in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_the_bounds_admit_the_32b_release_and_larger_real_models(tmp_path):
+    result = cwm("model", "info", "--model", _write_config(tmp_path, get_preset("cwm-32b").to_hf_dict()))
+    assert result.returncode == 0 and result.stdout.strip().endswith("params: 32581097472")
+    # Llama 3.1 405B's shape (126 layers, d 16384, 128/8 heads, ffn 53248, vocab 128256, 128k context)
+    big = ModelConfig(vocab_size=128256, dim=16384, n_layers=126, n_heads=128, n_kv_heads=8, head_dim=128,
+                      ffn_dim=53248, max_seq_len=131072, sliding_window=None)
+    assert 400e9 < big.num_params() < 420e9

@@ -131,3 +131,20 @@ def test_dry_run_of_the_32b_recipe_prints_its_plan(capsys):
 
 def test_defaults_are_a_valid_config_once_steps_are_set():
     assert isinstance(load_config(None, ["train.max_steps=1"]), TrainConfig)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"[train]\nmax_steps = 1\n# \xff\xfe caf\xe9\n", "not UTF-8 text"),
+    (b"[train\nmax_steps = = 1\n", "not valid TOML"),
+    (b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", "not UTF-8 text"),
+    (b"[model]\noverrides = {n_layers = 100000000}\n[train]\nmax_steps = 1\n", "n_layers = 100000000 is outside"),
+    (b"[model]\noverrides = {dim = 1000000000}\n[train]\nmax_steps = 1\n", "dim = 1000000000 is outside"),
+    (b"[model]\noverrides = {vocab_size = 1000000000000}\n[train]\nmax_steps = 1\n", "vocab_size = 1000000000000"),
+])
+def test_cli_corrupt_or_absurd_config_files_exit_2_with_one_line(tmp_path, content, message):
+    path = tmp_path / "c.toml"
+    path.write_bytes(content)
+    result = cwm_train("--config", str(path), "--dry-run")  # --dry-run would build the model: it must not start
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and (str(path) in result.stderr or "cwm train: error: model:" in result.stderr)
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr

@@ -9,13 +9,14 @@ missing, unexpected or mis-shaped tensor) stops with one message naming the file
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import struct
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from cwm.model.config import ModelConfig
@@ -170,11 +171,26 @@ def read_config(path: str | os.PathLike) -> ModelConfig:
     if not config_file.is_file():
         hint = " (a Meta-layout checkpoint: convert it with `cwm convert`)" if (path / "params.json").exists() else ""
         raise CheckpointError(f"{config_file} not found: {path} is not a Hugging Face checkpoint directory{hint}")
+    hf = _read_json(config_file)
     try:
-        hf = json.loads(config_file.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{config_file} is not valid JSON: {e}") from None
-    return ModelConfig.from_hf_dict(hf, source=str(config_file))
+        return ModelConfig.from_hf_dict(hf, source=str(config_file))
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+
+
+MAX_JSON_BYTES = 64 << 20  # config.json and the index are kilobytes; the 32B index is ~70 KB
+
+
+def _read_json(file: Path):
+    if file.stat().st_size > MAX_JSON_BYTES:
+        raise CheckpointError(f"{file}: {file.stat().st_size} bytes is far too large for this file; it is not a checkpoint's")
+    try:
+        return json.loads(file.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{file} is not valid UTF-8 JSON: {e}") from None
+
+
+MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on a header
 
 
 def _header(file: Path) -> dict:
@@ -185,12 +201,32 @@ def _header(file: Path) -> dict:
         n = struct.unpack("<Q", raw)[0] if len(raw) == 8 else None
         if n is None or 8 + n > size:
             raise CheckpointError(f"{file}: truncated or not a safetensors file (its header is incomplete)")
+        if n > MAX_HEADER_BYTES:
+            raise CheckpointError(f"{file}: not a safetensors file (a header of {n} bytes)")
         try:
             header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             raise CheckpointError(f"{file}: not a safetensors file (its header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{file}: not a safetensors file (its header is not a JSON object)")
     header.pop("__metadata__", None)
     for name, info in header.items():
+        if not (
+            isinstance(info, dict) and isinstance(info.get("dtype"), str)
+            and _ints(info.get("shape")) and _ints(info.get("data_offsets")) and len(info["data_offsets"]) == 2
+            and 0 <= info["data_offsets"][0] <= info["data_offsets"][1]
+        ):
+            raise CheckpointError(
+                f"{file}: damaged header: tensor {name!r} needs a dtype string, a shape and two data offsets, "
+                f"has {str(info)[:200]}; download or save it again"
+            )
+        width = {"F32": 4, "F16": 2, "BF16": 2}.get(info["dtype"])
+        begin, stop = info["data_offsets"]
+        if width is not None and math.prod(info["shape"]) * width != stop - begin:
+            raise CheckpointError(
+                f"{file}: damaged header: tensor {name!r} of shape {info['shape']} ({info['dtype']}) "
+                f"cannot fill its {stop - begin} bytes; download or save it again"
+            )
         end = 8 + n + info["data_offsets"][1]
         if end > size:
             raise CheckpointError(
@@ -198,6 +234,10 @@ def _header(file: Path) -> dict:
                 "download or save it again"
             )
     return header
+
+
+def _ints(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
 
 
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
@@ -211,7 +251,16 @@ def load_pretrained(path: str | os.PathLike, device="cpu", dtype: torch.dtype | 
     path = Path(path)
     cfg = read_config(path)
     if (path / INDEX).is_file():
-        weight_map = json.loads((path / INDEX).read_text())["weight_map"]
+        index = _read_json(path / INDEX)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and "/" not in v and v not in ("", ".", "..")
+            for k, v in weight_map.items()
+        ):
+            raise CheckpointError(
+                f"{path / INDEX}: expected a JSON object whose \"weight_map\" maps tensor names to shard "
+                "file names in the same directory; save or download the checkpoint again"
+            )
     elif (path / SINGLE).is_file():
         weight_map = dict.fromkeys(_header(path / SINGLE), SINGLE)
     else:
@@ -252,10 +301,13 @@ def load_pretrained(path: str | os.PathLike, device="cpu", dtype: torch.dtype | 
 
     hf = {}
     for file, names in by_file.items():
-        with safe_open(path / file, framework="pt", device=str(device)) as f:
-            for name in names:
-                if name in expected:
-                    hf[name] = f.get_tensor(name) if dtype is None else f.get_tensor(name).to(dtype)
+        try:
+            with safe_open(path / file, framework="pt", device=str(device)) as f:
+                for name in names:
+                    if name in expected:
+                        hf[name] = f.get_tensor(name) if dtype is None else f.get_tensor(name).to(dtype)
+        except SafetensorError as e:  # what the checks above cannot see (overlapping offsets, ...)
+            raise CheckpointError(f"{path / file}: cannot be read as safetensors: {e}") from None
     return model_from_state_dict(cfg, from_hf_state_dict(cfg, hf), device)
 
 

@@ -12,6 +12,25 @@ from dataclasses import dataclass
 FULL, SLIDING = "full_attention", "sliding_attention"  # the values of HF's `layer_types`
 
 
+# Bounds on a config's sizes, checked before anything is built or allocated. They admit the
+# 32B preset with room to spare (and every dense Llama-style model published: Llama 3.1 405B has
+# 126 layers, d_model 16384, ffn 53248, 128 heads), and refuse what is certainly corrupt.
+LIMITS = {
+    "vocab_size": (1, 1 << 21),  # 2,097,152 (the largest real vocabularies are ~256k)
+    "dim": (1, 1 << 16),  # 65,536
+    "n_layers": (1, 1024),
+    "n_heads": (1, 1024),
+    "n_kv_heads": (1, 1024),
+    "head_dim": (2, 1024),
+    "ffn_dim": (1, 1 << 20),  # 1,048,576
+    "max_seq_len": (1, 1 << 24),  # 16,777,216 tokens
+    "sliding_window": (1, 1 << 24),
+    "rope_original_max_seq_len": (1, 1 << 24),
+    "bos_token_id": (0, (1 << 21) - 1),
+}
+MAX_PARAMS = 1 << 42  # ~4.4T parameters
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int = 4352
@@ -44,6 +63,35 @@ class ModelConfig:
         def bad(msg):
             raise ValueError(f"invalid ModelConfig: {msg}")
 
+        # Types and sizes first, before anything is computed from them: a config with 10^8 layers
+        # or a string for a size is refused here, not by a hang or a TypeError later.
+        for name, (low, high) in LIMITS.items():
+            value = getattr(self, name)
+            if value is None and name in ("sliding_window", "bos_token_id"):
+                continue
+            if not isinstance(value, int) or isinstance(value, bool):
+                bad(f"{name} must be an integer, not {value!r}")
+            if not low <= value <= high:
+                bad(f"{name} = {value} is outside [{low}, {high}] (the bounds any real model fits; see docs/model.md)")
+        for name in ("norm_eps", "rope_theta", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor"):
+            value = getattr(self, name)
+            if value is None and name == "rope_factor":
+                continue
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+                bad(f"{name} must be a positive finite number, not {value!r}")
+        if not isinstance(self.eos_token_ids, (list, tuple)) or not all(
+            isinstance(t, int) and not isinstance(t, bool) and 0 <= t < LIMITS["vocab_size"][1]
+            for t in self.eos_token_ids[:65]
+        ) or len(self.eos_token_ids) > 64:
+            bad(f"eos_token_ids must be a short list of token ids, not {self.eos_token_ids!r}")
+        if self.layer_types is not None and (
+            not isinstance(self.layer_types, (list, tuple)) or not all(isinstance(t, str) for t in self.layer_types)
+        ):
+            bad(f"layer_types must be a list of strings, not {self.layer_types!r}")
+        if self.n_kv_heads > self.n_heads:
+            bad(f"n_kv_heads ({self.n_kv_heads}) cannot exceed n_heads ({self.n_heads})")
+        if self.num_params() > MAX_PARAMS:
+            bad(f"{self.num_params():,} parameters is over the limit of {MAX_PARAMS:,}")
         if self.n_heads % self.n_kv_heads:
             bad(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
         if self.head_dim % 2:
@@ -56,8 +104,6 @@ class ModelConfig:
                 bad(f"layer_types has {len(self.layer_types)} entries for {self.n_layers} layers")
             if unknown := set(self.layer_types) - {FULL, SLIDING}:
                 bad(f"unknown layer types {sorted(unknown)}; use {FULL!r} or {SLIDING!r}")
-        if self.sliding_window is not None and self.sliding_window < 1:
-            bad(f"sliding_window must be a positive number of tokens, not {self.sliding_window}")
         object.__setattr__(self, "eos_token_ids", tuple(self.eos_token_ids))
 
     # --- attention pattern -------------------------------------------------------------------
@@ -155,14 +201,19 @@ class ModelConfig:
         """Read a CWM config.json: transformers v5 (`rope_parameters`) or v4 (`rope_theta` +
         `rope_scaling`, as the first `facebook/cwm` upload has it). `layer_types` is taken from
         the file; without it, transformers' default rule applies, as it would in transformers."""
+        if not isinstance(hf, dict):
+            raise ValueError(f"{source}: expected a JSON object of model settings, found a {type(hf).__name__}")
         if hf.get("model_type") != "cwm":
             raise ValueError(f"{source}: model_type is {hf.get('model_type')!r}, expected 'cwm'")
         if hf.get("tie_word_embeddings"):
             raise ValueError(f"{source}: tied embeddings are not a CWM architecture")
         if hf.get("hidden_act", "silu") != "silu" or hf.get("mlp_bias") or hf.get("attention_bias"):
             raise ValueError(f"{source}: only SwiGLU (silu) without biases is supported")
+        rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+        if not isinstance(rope, dict):
+            raise ValueError(f"{source}: rope_parameters (or rope_scaling) must be a JSON object, not {rope!r:.80}")
         try:
-            rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+            rope = dict(rope)
             rope.setdefault("rope_theta", hf.get("rope_theta", 1_000_000.0))
             rope_type = rope.get("rope_type", rope.get("type", "default"))
             if rope_type not in ("default", "llama3"):
@@ -194,7 +245,20 @@ class ModelConfig:
             )
         except KeyError as missing:
             raise ValueError(f"{source}: missing field {missing}") from None
+        except (TypeError, ValueError, AttributeError, ZeroDivisionError) as e:  # a field of the wrong type or value
+            message = str(e)
+            for ours, theirs in _HF_NAMES.items():  # name the field as the file does
+                message = message.replace(f"invalid ModelConfig: {ours} ", f"{theirs} ")
+            raise ValueError(message if message.startswith(source) else f"{source}: {message}") from None
 
+
+_HF_NAMES = {  # ModelConfig field -> config.json key, for messages about a config.json
+    "vocab_size": "vocab_size", "dim": "hidden_size", "n_layers": "num_hidden_layers",
+    "n_heads": "num_attention_heads", "n_kv_heads": "num_key_value_heads", "head_dim": "head_dim",
+    "ffn_dim": "intermediate_size", "norm_eps": "rms_norm_eps", "max_seq_len": "max_position_embeddings",
+    "sliding_window": "sliding_window", "bos_token_id": "bos_token_id", "eos_token_ids": "eos_token_id",
+    "layer_types": "layer_types", "rope_theta": "rope_theta",
+}
 
 # The release (checked against the spec): 64 layers, d 6144, GQA 48/8, window 8192, 32.58B.
 _PRESETS = {
@@ -230,6 +294,19 @@ _PRESETS = {
         head_dim=32,
         ffn_dim=704,
         sliding_window=256,
+        rope_original_max_seq_len=1024,
+    ),
+    # The world model this project ships (models/cwm-mini; docs/cwm-mini.md says how its shape
+    # was chosen): ~4M parameters, local layers see 512 tokens (a trace's recent frames), the
+    # global ones (0, 4, 5) the whole context with the program.
+    "cwm-mini": ModelConfig(
+        dim=192,
+        n_layers=6,
+        n_heads=6,
+        n_kv_heads=2,
+        head_dim=32,
+        ffn_dim=512,
+        sliding_window=512,
         rope_original_max_seq_len=1024,
     ),
 }

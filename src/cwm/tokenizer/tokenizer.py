@@ -73,7 +73,15 @@ class _HFBackend:
     `tokenizers` would otherwise match their strings inside ordinary text."""
 
     def __init__(self, data: dict, where: str):
-        added = {t["content"]: t["id"] for t in data.get("added_tokens", [])}
+        listed = data.get("added_tokens", [])
+        if not isinstance(listed, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("content"), str) and isinstance(t.get("id"), int) for t in listed
+        ):
+            raise TokenizerError(
+                f"{where}: not a valid Hugging Face tokenizer file (added_tokens must be a list of "
+                "{\"content\": str, \"id\": int} objects)"
+            )
+        added = {t["content"]: t["id"] for t in listed}
         ordinary = dict(data, added_tokens=[], post_processor=None)
         try:
             self.hf = tokenizers.Tokenizer.from_str(json.dumps(ordinary))

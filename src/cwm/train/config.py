@@ -110,6 +110,9 @@ class TrainConfig:
 # Loading
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
     """Read a TOML config (or start from the defaults), apply overrides, check and return it."""
     raw: dict = {}
@@ -119,9 +122,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
         where = str(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} not found; pass an existing TOML file to --config")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size} bytes is far too large for a training config")
         try:
-            raw = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
+            raw = tomllib.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); a training config is a TOML file") from None
+        except (tomllib.TOMLDecodeError, RecursionError) as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
     for item in overrides:
         _apply_override(raw, item)
