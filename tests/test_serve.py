@@ -296,3 +296,14 @@ def test_release_endpoint_streams_text_and_tokens(server, local):
 def test_a_bad_streamed_request_gets_its_4xx_before_any_event(server):
     reply = httpx.post(server + "/v1/completions", json={"prompt": [1, 2], "max_tokens": 10**6, "stream": True})
     assert reply.status_code == 400 and "context" in reply.text
+
+
+def test_a_stream_stops_generating_when_its_reader_leaves(server):
+    before = _idle(server)["generated_tokens"]
+    with httpx.stream("POST", server + "/v1/completions", json=LONG | {"stream": True}, timeout=60) as reply:
+        first = next(line for line in reply.iter_lines() if line.startswith("data: "))
+        assert json.loads(first.removeprefix("data: "))["choices"][0]["finish_reason"] is None
+    gone = time.monotonic()  # the reader closed the connection after one event
+    after = _idle(server, timeout=3)
+    assert time.monotonic() - gone < 1.0
+    assert after["generated_tokens"] - before < LONG["max_tokens"]
