@@ -37,7 +37,7 @@ from cwm.trace.recorder import PROGRAM
 
 NAMES_FILE = Path(__file__).with_name("names.txt")
 # size -> (max container items, max loop iterations, max events, max bytes of the CWM text)
-SIZES = {1: (3, 4, 30, 2400), 2: (5, 6, 50, 4000), 3: (6, 8, 80, 6400)}
+SIZES = {1: (3, 4, 30, 2400), 2: (5, 6, 50, 4000), 3: (6, 8, 80, 6000)}
 PAIRED = {1: 0.0, 2: 0.1, 3: 0.4}  # size -> share of programs whose function calls two templates' functions
 # Wall-clock seconds for the run-check of one candidate: only a backstop. The templates' programs
 # do little work per event and the event bound is small, so a check takes ~1 ms; a bound near
@@ -330,10 +330,16 @@ class _Gen:
         return [self.int() for _ in range(self.rng.randint(lo, hi or self.items))]
 
     def word(self) -> str:
+        """A word (60%), one capitalised or upper-cased (15%: str methods and tests then see both
+        cases), or a few random letters, sometimes upper-case, as CruxEval's inputs often are."""
         r = self.rng
-        if r.random() < 0.7:
+        roll = r.random()
+        if roll < 0.6:
             return r.choice(WORDS)
-        return "".join(r.choice(LETTERS[: r.randint(3, 26)]) for _ in range(r.randint(1, 6)))
+        if roll < 0.75:
+            return r.choice([str.capitalize, str.upper])(r.choice(WORDS))
+        letters = LETTERS[: r.randint(3, 26)]
+        return "".join(r.choice(letters) if r.random() < 0.8 else r.choice(letters).upper() for _ in range(r.randint(1, 6)))
 
     def words(self, lo: int = 0) -> list[str]:
         return [self.word() for _ in range(self.rng.randint(lo, self.items))]
