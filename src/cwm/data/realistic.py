@@ -6,15 +6,17 @@ source writes CruxEval-shaped functions instead: string, list, dict, set and tup
 with accumulators, while loops with counters, branches, early returns, comprehensions, helper
 functions, small classes, try/except. Each program is one of TEMPLATES (each with its own random
 choices: methods, operators, constants, conditions), optionally composed with a guard, a
-post-step, or a helper function that does the work. Identifiers come from `names.txt`, mined from
+post-step, a helper function that does the work, or (sizes 2-3) a second template's function,
+both called by the function. Identifiers come from `names.txt`, mined from
 the standard library by scripts/mine_names.py (shipped: the output never depends on the Python
 that runs the build); the function is named `f` (as CruxEval names it) about a third of the time.
 
-Values are small (ints mostly in [-20, 100], short words, containers of at most 3-6 items) and
+Values are small (ints in [-20, 100], mostly [-5, 20]; short words; containers of at most 3-6 items) and
 every candidate is traced here, in-process (it is our own code), and kept only if it returns
 within the size's event and byte bounds, so traces fit a 1-2k-token context. Half the programs
 (knob `main`) are entered as the evaluations and the debugger enter: the program plus
 `def main():` returning the call, traced from main (`cwm.eval.tracetext.entry_context`).
+The generator never emits a program of an evaluation set (CruxEval, HumanEval), normalised.
 
 Program i depends only on (seed, i, knobs). Knobs (`real:size=2,main=50`): `size` 1-3 is the
 curriculum (1: shortest), `main` the percentage entered through main(), `max_events` and
