@@ -275,6 +275,13 @@ def test_resume_reads_the_state_as_plain_data_and_refuses_a_pickled_object(code_
     assert "Traceback" not in resumed.stderr and len(resumed.stderr.strip().splitlines()) == 1
     assert not marker.exists()  # the object was never built
 
+    torch.save(state, state_file)  # a sound state, but a damaged weight shard: named in one line
+    shard = next(state_file.parent.glob("model-*.safetensors"))
+    shard.write_bytes(shard.read_bytes()[:1000])
+    resumed = subprocess.run(_cli(cfg_path, tmp_path / "run", "--resume"), capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 2 and len(resumed.stderr.strip().splitlines()) == 1, resumed.stderr
+    assert f"--resume: {shard}: " in resumed.stderr and "truncated" in resumed.stderr
+
 
 def test_train_threads_sets_torchs_cpu_threads(code_data, tmp_path):
     before = torch.get_num_threads()

@@ -114,10 +114,13 @@ def save_checkpoint(
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, sampler, info: DistInfo) -> int:
     """Restore everything `save_checkpoint` wrote into the (wrapped) model and trainer objects."""
-    from cwm.model import load_pretrained
+    from cwm.model import CheckpointError, load_pretrained
 
     path = Path(path)
-    weights = load_pretrained(path, device="cpu").state_dict()
+    try:
+        weights = load_pretrained(path, device="cpu").state_dict()
+    except CheckpointError as e:  # damaged files: say which, not "does not fit this config"
+        raise CheckpointStateError(str(e)) from None
     set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
     state = read_state(path / STATE_FILE)
     set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
