@@ -205,7 +205,7 @@ class ScriptedModel:
         return Completion(tokens, self.tokenizer.decode(tokens), "stop" if tokens[-1:] and tokens[-1] in stop_ids else "length")
 
 
-def test_cruxeval_trace_mode_stops_at_mains_return(tok):
+def test_cruxeval_trace_mode_stops_at_mains_return_or_the_first_malformed_frame(tok):
     item = load_cruxeval(limit=1)[0]
     context = trace_context(item["code"], item["input"])
     real = trace_call(context.replace(MARKER, ""), "main()").frames
@@ -223,6 +223,13 @@ def test_cruxeval_trace_mode_stops_at_mains_return(tok):
     answer, detail = answer_by_trace(model, item, Sampling(max_new_tokens=budget))
     assert answer is None and model.generated == budget
     assert detail["error"] == f"the entry did not return within {budget} tokens"
+    # A frame that does not parse ends the generation there: no answer can follow it.
+    broken = [tok.line_sep_id] + tok.encode('{"a": ') + [tok.frame_sep_id]
+    stream = ids[1] + broken + [t for frame in ids[2:] for t in frame]
+    model = ScriptedModel(tok, prompt, stream)
+    answer, detail = answer_by_trace(model, item, Sampling(max_new_tokens=len(stream)))
+    assert answer is None and model.generated == len(ids[1]) + len(broken) and detail["error"]
+    assert detail["malformed"] == [{"step": 2, "text": tok.decode(broken)}]
 
 
 def test_direct_mode_stops_at_the_end_of_the_answer_line(big, tok):

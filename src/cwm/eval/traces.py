@@ -17,7 +17,7 @@ from cwm.backends import Backend, Sampling
 from cwm.eval import tracetext
 from cwm.eval.metrics import TraceScore, score_trace
 from cwm.eval.run import ResultsLog, TooLong, fit, items_to_do, progress
-from cwm.trace.format import Frame
+from cwm.trace.format import RETURN, Frame
 
 MODES = ("teacher", "free")
 INVALID = Frame(event="invalid", lineno=0, source="")  # stands in for an unparsable prediction
@@ -46,8 +46,9 @@ def failed(reason: str) -> Prediction:
 
 
 def predict_free(backend: Backend, case: Case, sampling: Sampling, to_entry_return: bool = False) -> Prediction:
-    """The rest of the trace in one go, from the entry's call frame. With `to_entry_return` it stops
-    as soon as the entry's own return frame is complete (all CruxEval's trace mode needs)."""
+    """The rest of the trace in one request, from the entry's call frame. With `to_entry_return`
+    (all CruxEval's trace mode needs) it goes a frame at a time and stops at the entry's own
+    return frame, or at the first frame that does not parse (no answer can follow it)."""
     tok = backend.tokenizer
     given = case.frames[:1]
     prompt = tracetext.context_ids(tok, case.context) + tracetext.frames_ids(tok, case.context, given)[0]
@@ -57,14 +58,16 @@ def predict_free(backend: Backend, case: Case, sampling: Sampling, to_entry_retu
         return failed(str(e))
     capped = " (the end of the context)" if budget.max_new_tokens < sampling.max_new_tokens else ""
     if to_entry_return:
-        tokens, returned = _generate_to_entry_return(backend, prompt, budget)
+        tokens, frames, error, returned = _generate_to_entry_return(backend, prompt, budget)
+        if error is None and not returned and tokens[-1:] == [tok.eos_id]:
+            error = "the trace ended before the entry returned"
+        elif error is None and not returned:
+            error = f"the entry did not return within {budget.max_new_tokens} tokens{capped}"
     else:
         tokens = backend.complete(prompt, stop=[], sampling=budget).tokens
-    frames, error = tracetext.parse_frames(tok, prompt, tokens)
-    if error is None and to_entry_return and not returned:
-        error = f"the entry did not return within {budget.max_new_tokens} tokens{capped}"
-    elif error is None and not to_entry_return and tokens[-1:] != [tok.eos_id]:
-        error = f"the trace did not end with <|end_of_text|> within {budget.max_new_tokens} tokens{capped}"
+        frames, error = tracetext.parse_frames(tok, prompt, tokens)
+        if error is None and tokens[-1:] != [tok.eos_id]:
+            error = f"the trace did not end with <|end_of_text|> within {budget.max_new_tokens} tokens{capped}"
     malformed = []
     if error is not None:  # the raw output of the frame where the text stopped being a trace
         raw = _frame_texts(tok, tokens)
@@ -73,25 +76,23 @@ def predict_free(backend: Backend, case: Case, sampling: Sampling, to_entry_retu
     return Prediction(frames, float(error is None), error, tok.decode(tokens), malformed)
 
 
-def _generate_to_entry_return(backend: Backend, prompt: list[int], sampling: Sampling) -> tuple[list[int], bool]:
-    """Generate until the entry's return frame ends (calls and returns counted, the entry's call
-    being in the prompt): requests that stop at each <|return_sep|>, then one to the <|frame_sep|>
-    after the entry's. Returns (tokens, whether the entry returned)."""
+def _generate_to_entry_return(backend: Backend, prompt: list[int], sampling: Sampling):
+    """One request per frame (stop at <|frame_sep|>) until the entry's return frame (depth 0) is
+    complete, a frame does not parse, the model ends the text, or the budget runs out.
+    Returns (tokens, frames, the parse error, whether the entry returned)."""
     tok = backend.tokenizer
-    call, ret, sep = (tok.special_id(s) for s in ("<|call_sep|>", "<|return_sep|>", "<|frame_sep|>"))
     tokens: list[int] = []
-    stop = "<|return_sep|>"
+    frames, error = [], None
     while len(tokens) < sampling.max_new_tokens:
         left = dataclasses.replace(sampling, max_new_tokens=sampling.max_new_tokens - len(tokens))
-        out = backend.complete(prompt + tokens, stop=[stop], sampling=left).tokens
+        out = backend.complete(prompt + tokens, stop=["<|frame_sep|>"], sampling=left).tokens
         tokens += out
-        if stop == "<|frame_sep|>":
-            return tokens, out[-1:] == [sep]
-        if out[-1:] != [ret]:
-            break  # the model ended the text, or the budget ran out
-        if tokens.count(ret) >= 1 + tokens.count(call):  # this return is the entry's
-            stop = "<|frame_sep|>"
-    return tokens, False
+        frames, error = tracetext.parse_frames(tok, prompt, tokens)
+        if error is not None or out[-1:] != [tok.frame_sep_id]:
+            break  # malformed, the model ended the text, or the budget ran out
+        if frames and frames[-1].event == RETURN and frames[-1].depth == 0:
+            return tokens, frames, None, True
+    return tokens, frames, error, False
 
 
 def _frame_texts(tok, tokens: list[int]) -> list[str]:
