@@ -49,8 +49,6 @@ MAX_NEW_TOKENS = 1 << 20  # a type bound; the real limit is the model's context 
 MAX_STOPS, MAX_STOP_CHARS = 16, 256
 POLL_S = 0.05  # how often a waiting request looks for its client having hung up
 
-Finite = Field(allow_inf_nan=False)
-
 
 class CompletionsRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")  # clients send fields we do not use (logprobs, user, ...)
@@ -140,6 +138,7 @@ def create_app(backend: LocalBackend, model_name: str = "cwm", max_body_bytes: i
         detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
                   for e in exc.errors()]
         return JSONResponse({"detail": detail}, status_code=422)
+
     tokenizer = backend.tokenizer
     vocab_size = int(tokenizer.vocab_size)
     turn = asyncio.Lock()  # one generation at a time; waiters queue here, in arrival order
