@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     pack = verbs.add_parser("pack", help="tokenize datasets and pack them into fixed-length sequences")
     pack.add_argument("--input", action="append", required=True, metavar="NAME=PATH:WEIGHT",
-                      help="a dataset dir or a chat .jsonl, with a mixture weight (repeatable)")
+                      help="a dataset dir or a chat .jsonl, with a mixture weight (repeatable); io:NAME=PATH:WEIGHT reads "
+                           "a trace dataset as CruxEval direct-prompt input/output pairs")
     pack.add_argument("--tokenizer", required=True, help="tokenizer directory or file")
     pack.add_argument("--out", required=True, help="packed dataset directory")
     pack.add_argument("--seq-len", type=int, default=2048)

@@ -10,6 +10,12 @@ of {"messages": [...]}. Every document becomes (ids, loss_mask):
           (everything up to the first <|frame_sep|>); loss "all" learns every token
   code    <|begin_of_text|> text <|end_of_text|>, learn every token
   chat    `chat_ids`: loss on the assistant turns only
+  io      a trace dataset read as code and input/output pairs (`--input io:NAME=PATH:WEIGHT`):
+          the problem part of CruxEval's direct prompt with the program's function and call
+          (`io_prompt`), then `assert <call> == <output>\n[/ANSWER]`; loss on that answer and
+          <|end_of_text|> only. Returning programs only; an io input is shuffled like a trace
+          input of the same directory name, so `io:io=D` next to `D` walks the same programs
+          in the same order (docs/ablation.md)
 
 Mixture: documents are drawn so that each input's share of tokens follows its weight (the input
 furthest below its share goes next); packing stops when an input runs out, so the shares hold,
@@ -43,10 +49,14 @@ class PackInput:
     name: str
     path: Path
     weight: float = 1.0
+    io: bool = False  # a trace dataset read as input/output pairs (the "io" document kind)
 
     @classmethod
     def parse(cls, spec: str) -> "PackInput":
-        """'NAME=PATH:WEIGHT', 'PATH:WEIGHT' or 'PATH' (the name defaults to the directory name)."""
+        """'NAME=PATH:WEIGHT', 'PATH:WEIGHT' or 'PATH' (the name defaults to the directory name);
+        an 'io:' prefix reads a trace dataset as input/output pairs."""
+        io = spec.startswith("io:")
+        spec = spec.removeprefix("io:")
         name, sep, rest = spec.partition("=")
         if not sep:
             name, rest = "", spec
@@ -55,15 +65,19 @@ class PackInput:
             path, weight = rest, "1"
         if float(weight) <= 0:
             raise PackError(f"--input {spec!r}: the weight must be positive")
-        return cls(name or Path(path).name, Path(path), float(weight))
+        return cls(name or Path(path).name, Path(path), float(weight), io)
 
     @property
     def kind(self) -> str:
         if self.path.is_file() and self.path.suffix == ".jsonl":
-            return "chat"
-        if (self.path / "manifest.json").is_file():
-            return read_manifest(self.path)["kind"]
-        raise PackError(f"--input {self.path}: not a dataset built by `cwm data build` nor a .jsonl chat file")
+            kind = "chat"
+        elif (self.path / "manifest.json").is_file():
+            kind = read_manifest(self.path)["kind"]
+        else:
+            raise PackError(f"--input {self.path}: not a dataset built by `cwm data build` nor a .jsonl chat file")
+        if self.io and kind != "traces":
+            raise PackError(f"--input io:{self.path}: io pairs come from a trace dataset, not a {kind} one")
+        return "io" if self.io else kind
 
 
 def _is_number(text: str) -> bool:
@@ -93,9 +107,47 @@ def trace_document(trace, tok, loss: str = "frames") -> tuple[list[int], list[in
     return ids, mask
 
 
+def io_pair(row: dict) -> tuple[str, str, str] | None:
+    """(function code, call, output repr) of a trace record whose call returned, else None.
+    A program entered through main() gives the function main wraps and main's call of it."""
+    from cwm.eval.tracetext import ENTRY
+    from cwm.trace.format import OK
+
+    if row["status"] != OK or row["return_value"] is None:
+        return None
+    code, call = row["source"], row["call"]
+    head, sep, tail = code.rpartition(f"\n\ndef {ENTRY}():\n    return ")
+    if call == f"{ENTRY}()" and sep:
+        code, call = head, tail.strip()
+    return code.rstrip(), call, row["return_value"]
+
+
+def io_prompt(code: str, call: str) -> str:
+    """The problem of CruxEval's direct prompt (cruxeval.direct_prompt, without its instruction and
+    two solved examples) asking for `call`, whatever the function's name:
+    `[PYTHON]\\n<code>\\nassert <call> == ??\\n[/PYTHON]\\n[ANSWER]\\n`."""
+    from cwm.eval.cruxeval import direct_prompt
+
+    header = direct_prompt("\1", "\0").split("\1")[0].rpartition("[PYTHON]\n")[0]
+    problem = direct_prompt(code, "\0")[len(header):]
+    head, sep, tail = problem.rpartition("assert f(\0) == ??")
+    return f"{head}assert {call} == ??{tail}"
+
+
+def io_document(code: str, call: str, output: str, tok) -> tuple[list[int], list[int]]:
+    """<|begin_of_text|> io_prompt (not learned), then `assert call == output\\n[/ANSWER]` and
+    <|end_of_text|> (learned): encoded in two parts, as an evaluation encodes the prompt alone."""
+    from cwm.eval.cruxeval import DIRECT_STOP
+
+    prompt = tok.encode(io_prompt(code, call))
+    answer = tok.encode(f"assert {call} == {output}\n{DIRECT_STOP}")
+    return [tok.bos_id, *prompt, *answer, tok.eos_id], [0] * (len(prompt) + 1) + [1] * (len(answer) + 1)
+
+
 def documents(source: PackInput, tok, loss: str, seed: int) -> Iterator[tuple[list[int], list[int]]]:
     """(ids, loss_mask) per document, in a seeded shuffled order."""
-    rng = random.Random(f"cwm-pack:{seed}:{source.name}")
+    # An io input takes the order of a trace input named after the directory (the same programs first).
+    rng = random.Random(f"cwm-pack:{seed}:{source.path.name if source.io else source.name}")
     kind = source.kind
     if kind == "chat":
         from cwm.tokenizer.prompts import chat_ids
@@ -117,6 +169,10 @@ def documents(source: PackInput, tok, loss: str, seed: int) -> Iterator[tuple[li
             if kind == "code":
                 text_ids = tok.encode(row["text"])
                 yield [tok.bos_id, *text_ids, tok.eos_id], [0] + [1] * (len(text_ids) + 1)
+            elif kind == "io":
+                pair = io_pair(row)
+                if pair is not None:
+                    yield io_document(*pair, tok)
             elif row["cwm_text"] is not None:  # complete traces only: not one stopped by a limit
                 yield trace_document(row_to_trace(row), tok, loss)
 
@@ -139,10 +195,11 @@ def document_count(source: PackInput) -> int:
     shards = read_manifest(source.path)["shards"]
     if kind == "code":
         return sum(entry["rows"] for entry in shards.values())
-    from cwm.trace.format import COMPLETE
+    from cwm.trace.format import COMPLETE, OK
 
+    wanted = (OK,) if kind == "io" else COMPLETE
     statuses = (read_shard(source.path / name, columns=["status"])["status"].to_pylist() for name in shards)
-    return sum(status in COMPLETE for column in statuses for status in column)
+    return sum(status in wanted for column in statuses for status in column)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,7 +235,7 @@ def pack(
     taken = [0] * len(inputs)
     docs = [0] * len(inputs)
     rows = _Rows(seq_len, tok.pad_id, whole_docs)
-    meta = {"inputs": [{"name": i.name, "path": str(i.path), "weight": i.weight} for i in inputs], "seed": seed,
+    meta = {"inputs": [{"name": i.name, "path": str(i.path), "weight": i.weight, **({"io": True} if i.io else {})} for i in inputs], "seed": seed,
             "trace_loss": loss, "whole_docs": whole_docs}
     sizes = [max(1, document_count(i)) for i in inputs] if progress else []
     with PackedWriter(out, seq_len, tok.vocab_size, **meta) as writer:
