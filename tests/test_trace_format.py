@@ -114,6 +114,8 @@ def traces(draw):
             loc.update(draw(st.dictionaries(names, texts.filter(lambda v: v != ".."), max_size=2)))
             same = [k for k, v in loc.items() if prev.get(k) == v]
             rewritten = tuple(k for k in same if draw(st.booleans()))  # changed beyond a truncated text
+            if [f.event for f in frames if f.event != EXCEPTION][-1] == RETURN:
+                rewritten = ()  # the first line after a return writes every local in full anyway
             frames.append(Frame(LINE, n + 2, LINES[n], loc, None, len(open_locals) - 1, rewritten))
             open_locals[-1] = loc
         elif kind == EXCEPTION:

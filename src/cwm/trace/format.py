@@ -370,7 +370,8 @@ class _Parser:
                             self.fail(f'local {k!r} is ".." but has no earlier value in its scope')
                         v = prev[k]
                     locals_[k] = v
-                rewritten = tuple(k for k, v in written.items() if v != UNCHANGED and prev.get(k) == v)
+                if not self._after_return():  # after a return every local is written in full
+                    rewritten = tuple(k for k, v in written.items() if v != UNCHANGED and prev.get(k) == v)
         self.expect(ACTION_SEP)
         action = self.text()
         if event in (RETURN, EXCEPTION):
@@ -390,6 +391,13 @@ class _Parser:
             scopes.pop()
             last_line.pop()
         return Frame(event, lineno, action, locals_, value, depth, rewritten)
+
+    def _after_return(self) -> bool:
+        """Whether the last frame before this one, exception frames aside, was a return frame."""
+        for frame in reversed(self.frames):
+            if frame.event != EXCEPTION:
+                return frame.event == RETURN
+        return False
 
     def _json(self, text: str, kind: type, what: str):
         try:
