@@ -1,6 +1,5 @@
 """The CWM text and JSON formats: the spec's example byte for byte, pieces, parsing, round trips."""
 
-import re
 from pathlib import Path
 
 from hypothesis import given, settings
