@@ -196,3 +196,26 @@ def test_local_and_http_debugger_sessions_agree(checkpoint, prepared):
             forced = predict_teacher_forced(backend, Case("f", context, real), sampling)
             runs.append(([(st.ids, st.error) for st in s.steps], forced.frames, forced.error, forced.valid))
         assert runs[0] == runs[1] and len(runs[0][0]) == 2 and len(runs[0][1]) == 9
+
+
+def test_auto_shows_each_predicted_step_beside_the_real_frame(tok, prepared):
+    from rich.console import Console
+
+    from cwm.debugger.view import side_by_side
+
+    perfect = session(tok, prepared)
+    while not perfect.done:
+        perfect.step()
+    wrong = copy.deepcopy(prepared[1])
+    wrong[4].locals = {**wrong[4].locals, "a": "4"}  # g's first line with a wrong argument value
+    off = session(tok, prepared, frames=wrong)
+    while not off.done:
+        off.step()
+    for s, crosses in ((perfect, 0), (off, 1)):
+        console = Console(width=200, record=True)
+        console.print(side_by_side(s))
+        text = console.export_text()
+        rows = [line for line in text.splitlines() if line.startswith("│")]
+        assert len(rows) == len(s.steps) - s.given  # one row per predicted step
+        assert sum("✗" in r for r in rows) == crosses and sum("✓" in r for r in rows) == len(rows) - crosses
+        assert "return y" in text and "= 6" in text

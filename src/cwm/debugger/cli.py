@@ -4,8 +4,9 @@ debugger at a prompt.
 Shows the source with the current line, the predicted frame and its locals, and (when the
 program runs in the sandbox) the real frame beside it with the first divergence marked.
 Without --call (demo mode) the model predicts the entry call frame itself, as the release's demo.
-`--auto` runs to the end without a prompt and prints a summary; `--report FILE.html` writes the
-predicted trace against the real one as a self-contained HTML page.
+`--auto` runs to the end without a prompt and prints each predicted step beside the real frame
+it stands for, then a summary; `--report FILE.html` writes the predicted trace against the real
+one as a self-contained HTML page.
 
 At the prompt, as in pdb: line editing and history (readline; kept in
 $XDG_CACHE_HOME/cwm/debug_history, default ~/.cache/cwm), Enter repeats the last command,
@@ -37,9 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--call", help="the entry call, e.g. 'collatz_steps(6)'; without it (demo mode) the model "
                                        "predicts the call to the function marked `# << START_OF_TRACE`")
     parser.add_argument("--entry", help="demo mode: the function whose call the model predicts (instead of a marker)")
-    parser.add_argument("--model", help="local checkpoint directory")
+    parser.add_argument("--model", help="local checkpoint directory (default: the shipped cwm-mini)")
     parser.add_argument("--server", help="URL of a server with /completions")
-    parser.add_argument("--tokenizer", help="tokenizer files (needed with --server)")
+    parser.add_argument("--tokenizer", help="tokenizer files for --server (default: the shipped cwm-mini's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the release's demo uses 0.2-0.6)")
     parser.add_argument("--top-p", type=float, default=0.95)
@@ -83,12 +84,15 @@ def run(args) -> int:
 
 
 def _auto(session, max_steps: int) -> int:
-    from cwm.debugger.view import summary
+    from rich.console import Console
+
+    from cwm.debugger.view import side_by_side, summary
 
     for _ in range(max_steps):
         if session.done or session.current.error:
             break
         session.step()
+    Console(width=max(Console().width, 120)).print(side_by_side(session))  # predicted beside real
     print(summary(session))
     return 0
 

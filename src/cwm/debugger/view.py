@@ -79,6 +79,26 @@ def show(session, around: int = 6, passed=()):
     return Group(source, frames)
 
 
+def side_by_side(session) -> Table:
+    """Every predicted step beside the real frame it stands for (what `cwm debug --auto` shows)."""
+    table = Table(show_header=True, header_style="bold", show_lines=False)
+    table.add_column("step", justify="right")
+    table.add_column("predicted")
+    table.add_column("real")
+    table.add_column("")
+    pairs = session.real_pairs() if session.real is not None else [None] * len(session.steps)
+    for i, (step, real) in enumerate(zip(session.steps, pairs)):
+        if i < session.given:
+            continue
+        if step.error:
+            table.add_row(str(i), f"[red]malformed: {escape(step.error)}[/]\n{escape(step.text)}", escape(describe(real)), "[red]✗[/]")
+            continue
+        same = real is not None and action_of(step.frame) == action_of(real) and state_of(step.frame) == state_of(real)
+        mark = "" if session.real is None else ("[green]✓[/]" if same else "[red]✗[/]")
+        table.add_row(str(i), escape(describe(step.frame)), escape(describe(real)) if session.real is not None else "", mark)
+    return table
+
+
 def summary(session) -> str:
     predicted = [s.frame for s in session.steps[session.given:]]
     malformed = sum(s.error is not None for s in session.steps)
