@@ -191,7 +191,7 @@ def test_a_program_that_spoils_the_tracers_results_costs_its_neighbours_nothing(
     # It shares the sandboxed process with the tracer, so it can replace the renderer for the
     # programs after it in its chunk; the worker must not crash on what comes back, and each
     # program traced again alone gets its true record.
-    spoiler = 'import sys\n\ndef f():\n    sys.modules["cwm.data.build"]._rendered = lambda trace: ({"status": 5}, None)\n    return 1\n'
+    spoiler = 'import sys\n\ndef f():\n    sys.modules["cwm.data.tracing"].rendered = lambda trace: ({"status": 5}, None)\n    return 1\n'
     rows = [{"source": "def g(x):\n    return x + 1\n", "call": f"g({i})"} for i in range(4)]
     rows.insert(1, {"source": spoiler, "call": "f()"})
     programs = tmp_path / "programs.jsonl"

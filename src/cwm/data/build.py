@@ -39,6 +39,7 @@ from pathlib import Path
 
 from cwm.data import evalsets, harvest, realistic, synth
 from cwm.data.synth import Program
+from cwm.data.tracing import TraceHost, frame_row, sandboxed  # noqa: F401  (frame_row: the frames column's rows)
 
 FORMAT = "cwm-dataset-v1"
 MANIFEST = "manifest.json"
@@ -197,53 +198,12 @@ def _read_programs(path: Path) -> list[Program]:
 # Tracing (runs in a worker process)
 
 
-def _trace_many(programs: list[tuple[str, str, object]], params: BuildParams) -> list[tuple[dict, str | None]]:
-    """Runs inside the sandbox: trace each (source, call, compiled code or None) in turn and render
-    it there, once, each in a fresh fork of the sandbox (run_each), so that no program can change
-    what the tracer records of the next one.
-
-    Only plain values come back (dict, tuple, str, int), which pickle fast and which the caller's
-    restricted unpickler takes; sending Trace objects cost about half as much as tracing them.
-    """
-    from cwm.trace.sandbox import run_each
-
-    return run_each(lambda program: _trace_one(program, params), programs)
-
-
-def _trace_one(program: tuple[str, str, object], params: BuildParams) -> tuple[dict, str | None]:
-    from cwm.trace import trace_call
-
-    source, call, code = program
-    return _rendered(trace_call(source, call, max_events=params.max_events, max_bytes=params.max_bytes, timeout=params.timeout, code=code))
-
-
-def _rendered(trace) -> tuple[dict, str | None]:
-    """(the record's fields that come from the trace, its CWM text or None if it did not render)."""
-    from cwm.trace.format import COMPLETE, to_cwm_text
-
-    fields = {"status": trace.status, "error": trace.error, "return_value": trace.return_value}
-    try:
-        text = to_cwm_text(trace)
-        frames = [frame_row(f) for f in trace.frames] if trace.status in COMPLETE else []
-    except Exception as e:  # a tracer bug on one odd program must not stop a million-program build
-        fields.update(status="internal_error", error=f"rendering the trace failed: {type(e).__name__}: {e}")
-        return fields, None
-    fields.update(num_events=len(trace.frames), num_bytes=len(text.encode()))
-    if trace.status in COMPLETE:  # a trace to learn from: returned, or left by an exception
-        fields.update(context=trace.source, cwm_text=text, frames=frames)
-    return fields, text
-
-
 def _sandboxed(programs: list[Program], params: BuildParams, codes: list | None = None):
-    import cwm.trace  # noqa: F401  (imported here, so the forked child finds it loaded)
-    from cwm.trace.sandbox import Limits, run_function
-
-    # The tracer stops a slow program itself (status "timeout"); the sandbox's limit is the backstop
-    # for a hang it cannot see (inside C code). A chunk that needs longer is retried program by
-    # program, each with the same limit, so the limit changes how fast, never which records.
-    limits = Limits(timeout=params.timeout + 1)
-    codes = codes or [None] * len(programs)  # the child is a fork: code objects need no pickling
-    return run_function(_trace_many, [(p.source, p.call, c) for p, c in zip(programs, codes)], params, limits=limits)
+    """One sandbox traces `programs`, each in a fresh fork (cwm.data.tracing: in this process's
+    lean trace host); a SandboxResult whose value is [(record fields, CWM text or None)]."""
+    codes = codes or [None] * len(programs)
+    settings = (params.max_events, params.max_bytes, params.timeout)
+    return sandboxed([(p.source, p.call, c) for p, c in zip(programs, codes)], settings)
 
 
 @dataclass(frozen=True)
@@ -332,13 +292,6 @@ def _traced_record(index: int, program: Program, rendered: tuple[dict, str | Non
 
 def _cut(text: str | None, limit: int = 2000) -> str | None:
     return text if text is None or len(text) <= limit else text[:limit] + "..."
-
-
-def frame_row(frame) -> tuple:
-    """A frame as a row of the `frames` column (a tuple in the struct's field order: Arrow takes
-    tuples for structs, and they are cheaper to build and to pickle than dicts)."""
-    locals_ = None if frame.locals is None else tuple(frame.locals.items())
-    return frame.event, frame.lineno, frame.source, locals_, frame.value, frame.depth, tuple(frame.rewritten)
 
 
 def row_to_trace(row: dict):
@@ -500,6 +453,7 @@ def build(out: str | os.PathLike, params: BuildParams, workers: int = 1, ray: st
     manifest = _open_manifest(out, params, num_records, None if plan is None else plan.counts)
     write_manifest(out, manifest)
     with contextlib.ExitStack() as stack:
+        stack.callback(TraceHost.close_mine)  # the trace host of this process, when it traced itself
         pool = None
         if workers > 1 and ray is None and manifest["kind"] == "traces":
             # fork: each worker starts as a copy of this warm process, and forks its sandboxes from itself.
