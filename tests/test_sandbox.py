@@ -839,7 +839,8 @@ def test_one_program_cannot_change_the_next_ones_record():
     from cwm.data.synth import Program
 
     hostile, ordinary = Program(PATCHER, "f()", "test"), Program(ORDINARY, "f([3, 1, 2])", "test")
-    for source in ("synth", "programs:unused.jsonl"):  # programs: each chunk is traced twice
+    # (programs our own generators write, synth and real, are not hostile: they share a process)
+    for source in ("programs:unused.jsonl", "dir:unused"):  # programs: each chunk is traced twice
         params = BuildParams(source=source, n=2)
         alone = trace_chunk([(1, ordinary)], params).to_pylist()[0]
         assert alone["status"] == "ok" and alone["return_value"] == "4"

@@ -199,10 +199,11 @@ def _read_programs(path: Path) -> list[Program]:
 
 
 def _sandboxed(programs: list[Program], params: BuildParams, codes: list | None = None):
-    """One sandbox traces `programs`, each in a fresh fork (cwm.data.tracing: in this process's
-    lean trace host); a SandboxResult whose value is [(record fields, CWM text or None)]."""
+    """One sandbox traces `programs` (cwm.data.tracing: in this process's lean trace host), each in
+    a fresh fork unless our own generator wrote them; a SandboxResult whose value is
+    [(record fields, CWM text or None)]."""
     codes = codes or [None] * len(programs)
-    settings = (params.max_events, params.max_bytes, params.timeout)
+    settings = (params.max_events, params.max_bytes, params.timeout, params.kind not in GENERATORS)
     return sandboxed([(p.source, p.call, c) for p, c in zip(programs, codes)], settings)
 
 

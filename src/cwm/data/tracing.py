@@ -1,7 +1,7 @@
 """The dataset builder's tracing, run in a lean process of its own (the trace host).
 
-Each program is traced in a fresh fork of the sandbox (`run_each`), so that no program can change
-the record of another. A fork costs in proportion to the process forked (its page tables, and
+Each program we did not write is traced in a fresh fork of the sandbox (`run_each`), so that no
+program can change the record of another (see `trace_many`). A fork costs in proportion to the process forked (its page tables, and
 the pages it touches before it exits), so the process that the sandboxes are forked from should
 be small: a build worker holds pyarrow and numpy (building and writing Arrow tables), and its
 forks cost ~1.5x those of a process that holds only the tracer. So each process that traces
@@ -29,24 +29,29 @@ import sys
 _LENGTH = struct.Struct("<Q")
 
 
-def trace_many(programs: list[tuple[str, str, object]], settings: tuple[int, int, float]) -> list[tuple[dict, str | None]]:
+def trace_many(programs: list[tuple[str, str, object]], settings: tuple[int, int, float, bool]) -> list[tuple[dict, str | None]]:
     """Runs inside the sandbox: trace each (source, call, compiled code or None) and render it there,
-    once, each in a fresh fork of the sandbox (run_each), so that no program can change what the
-    tracer records of the next one. `settings`: (max_events, max_bytes, timeout).
+    once. `settings`: (max_events, max_bytes, timeout, isolate). With `isolate` each program runs
+    in a fresh fork of the sandbox (run_each), so that no program can change what the tracer
+    records of the next one: for programs we did not write. Programs our own generators wrote
+    (synth, real) are not hostile; they share the sandbox's process, which costs ~4x less CPU per
+    program than a fork each (docs/data.md).
 
     Only plain values come back (dict, tuple, str, int), which pickle fast and which the caller's
     restricted unpickler takes; sending Trace objects cost about half as much as tracing them.
     """
     from cwm.trace.sandbox import run_each
 
+    if not settings[3]:
+        return [trace_one(program, settings) for program in programs]
     return run_each(lambda program: trace_one(program, settings), programs)
 
 
-def trace_one(program: tuple[str, str, object], settings: tuple[int, int, float]) -> tuple[dict, str | None]:
+def trace_one(program: tuple[str, str, object], settings: tuple[int, int, float, bool]) -> tuple[dict, str | None]:
     from cwm.trace import trace_call
 
     source, call, code = program
-    max_events, max_bytes, timeout = settings
+    max_events, max_bytes, timeout, _ = settings
     return rendered(trace_call(source, call, max_events=max_events, max_bytes=max_bytes, timeout=timeout, code=code))
 
 
@@ -74,7 +79,7 @@ def frame_row(frame) -> tuple:
     return frame.event, frame.lineno, frame.source, locals_, frame.value, frame.depth, tuple(frame.rewritten)
 
 
-def sandboxed(programs: list[tuple[str, str, object]], settings: tuple[int, int, float]):
+def sandboxed(programs: list[tuple[str, str, object]], settings: tuple[int, int, float, bool]):
     """One sandbox traces `programs` (a SandboxResult whose value is trace_many's), in the trace
     host where one runs, else in a fork of this process."""
     host = TraceHost.mine()
