@@ -56,6 +56,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--out", type=Path, default=Path("runs/mini/ablation/results.json"))
     parser.add_argument("--plot", type=Path, default=Path("docs/ablation.png"))
+    parser.add_argument("--steps", type=lambda t: {int(x) for x in t.split(",")}, default=None,
+                        help="evaluate only these steps, e.g. 0,100 (default: step 0 and every checkpoint)")
     args = parser.parse_args()
 
     items = heldout_items(args.heldout, args.limit)
@@ -67,7 +69,7 @@ def main() -> None:
     for run in args.runs:
         curve = results.setdefault("runs", {}).setdefault(run.name, {})
         found = checkpoints(run)
-        todo = [(0, None)] + found
+        todo = [(step, path) for step, path in [(0, None)] + found if args.steps is None or step in args.steps]
         for step, path in todo:
             if str(step) in curve:
                 continue

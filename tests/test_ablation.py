@@ -54,6 +54,8 @@ def test_io_document_learns_the_answer_only(tok):
     learned = [t for t, m in zip(ids, mask) if m]
     assert tok.decode(learned) == "assert grow(3) == 6\n[/ANSWER]<|end_of_text|>"
     assert mask == [0] * (len(ids) - len(learned)) + [1] * len(learned)  # one learned span, at the end
+    forced = tok.encode("assert grow(3) ==")  # what cwm.eval.direct.predict appends to the prompt
+    assert learned[:len(forced)] == forced
 
 
 def test_pack_io_beside_traces_walks_the_same_programs(traces, tok, tmp_path):

@@ -4,23 +4,25 @@
     direct_accuracy(LocalBackend.from_dir(ckpt), items)   # {"accuracy": ..., "correct": ..., ...}
 
 Each returning program of the dataset becomes a problem: its function and call (a program entered
-through main() gives the function main wraps, `cwm.data.pack.io_pair`), asked with CruxEval's
-direct prompt (`cwm.data.pack.io_prompt`, the prompt an `io` training document starts with). The
-greedy answer is the right side of the predicted assertion; it is right when CruxEval's check
-passes (`cruxeval.check_answer`: `assert <real output repr> == <answer>` after the function, run
-in the sandbox; an answer that copies the call is wrong).
+through main() gives the function main wraps, `cwm.data.pack.io_pair`), asked with the problem part
+of CruxEval's direct prompt (`cwm.data.pack.io_prompt`, what an `io` training document starts
+with). The greedy answer is the right side of the predicted assertion (`predict`: the prompt goes
+on to `assert <call> ==`, and an answer may be at most 8 tokens longer than the real one). It is
+right when CruxEval's check passes (`cruxeval.check_answer`: `assert <real output repr> ==
+<answer>` after the function, run in the sandbox; an answer that copies the call is wrong).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from cwm.backends import Sampling
+import torch
+
 from cwm.data.build import read_manifest, read_shard
 from cwm.data.pack import io_pair, io_prompt
 from cwm.eval.cruxeval import DIRECT_STOP_LINE, check_answer, extract_direct_answer
 
-MAX_NEW_TOKENS = 80  # an answer is one line: `assert <call> == <output>` is at most 75 tokens on the held-out set
+
 
 
 def heldout_items(dataset: str | Path, limit: int | None = 200) -> list[dict]:
@@ -45,17 +47,38 @@ def is_correct(item: dict, answer: str | None) -> bool:
     return check_answer(item["code"], item["call"], item["output"], answer)
 
 
-def predict(backend, item: dict, max_new_tokens: int = MAX_NEW_TOKENS) -> str:
-    """The greedy answer to one problem (the answer line, cut at its end)."""
-    prompt = io_prompt(item["code"], item["call"])
-    out = backend.complete(prompt, stop=[DIRECT_STOP_LINE], sampling=Sampling(temperature=0.0, max_new_tokens=max_new_tokens))
-    return extract_direct_answer(out.text)
+def answer_budget(tok, item: dict) -> int:
+    """New tokens allowed for an answer: the real one's tokens and 8 more (a longer answer is not
+    the output; the cap keeps a model that never ends its line from costing 100+ tokens a problem)."""
+    return len(tok.encode(f" {item['output']}\n")) + 8
+
+
+def predict(backend, items: list[dict], batch: int = 50) -> list[str]:
+    """Greedy answers of a local model (cwm.backends.LocalBackend), `batch` problems at a time.
+    The prompt goes on to `assert <call> ==` (the answer's copy of the call is given: what is
+    measured is the output), encoded as an io document is; the answer is what the model writes
+    up to the end of its line, within `answer_budget` tokens."""
+    from cwm.model import generate
+
+    tok = backend.tokenizer
+    prompts = [[tok.bos_id, *tok.encode(io_prompt(i["code"], i["call"])), *tok.encode(f"assert {i['call']} ==")] for i in items]
+    budgets = [answer_budget(tok, i) for i in items]
+    answers = [""] * len(items)
+    order = sorted(range(len(items)), key=lambda k: len(prompts[k]))  # similar lengths share a batch
+    for start in range(0, len(order), batch):
+        rows = order[start:start + batch]
+        with torch.no_grad():
+            outs = generate(backend.model, [prompts[k] for k in rows], max(budgets[k] for k in rows), temperature=0.0)
+        for k, out in zip(rows, outs):
+            text = tok.decode(out[:budgets[k]]).split(DIRECT_STOP_LINE)[0]
+            answers[k] = extract_direct_answer(f"assert {items[k]['call']} ==" + text)
+    return answers
 
 
 def direct_accuracy(backend, items: list[dict], answers: list[str] | None = None) -> dict:
     """Greedy direct-mode accuracy over the items (or of given answers: a baseline)."""
     if answers is None:
-        answers = [predict(backend, item) for item in items]
+        answers = predict(backend, items)
     correct = [is_correct(item, answer) for item, answer in zip(items, answers)]
     n = len(items)
     return {"accuracy": sum(correct) / n if n else 0.0, "correct": sum(correct), "problems": n,
