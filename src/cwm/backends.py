@@ -212,13 +212,14 @@ class HTTPBackend:
 
 def open_backend(model: str | None = None, server: str | None = None, tokenizer: str | None = None,
                  device: str = "cpu") -> Backend:
-    """The backend named by CLI flags: --model DIR, or --server URL with --tokenizer DIR."""
-    if bool(model) == bool(server):
-        raise ValueError("give exactly one of --model DIR (a local checkpoint) or --server URL")
-    if model:
-        return LocalBackend.from_dir(model, device=device)
-    if not tokenizer:
-        raise ValueError("--server needs --tokenizer DIR (the model's tokenizer files) to build prompts")
+    """The backend named by CLI flags: --model DIR, or --server URL with --tokenizer DIR; neither
+    is the shipped cwm-mini (cwm.models), whose tokenizer also serves a --server without one."""
+    from cwm.models import default_model
+
+    if model and server:
+        raise ValueError("give one of --model DIR (a local checkpoint) or --server URL, not both")
+    if not server:
+        return LocalBackend.from_dir(model or default_model(), device=device)
     from cwm.tokenizer import load_tokenizer
 
-    return HTTPBackend(url=server, tokenizer=load_tokenizer(tokenizer))
+    return HTTPBackend(url=server, tokenizer=load_tokenizer(tokenizer or default_model()))

@@ -15,9 +15,9 @@ from pathlib import Path
 
 
 def _backend_flags(p: argparse.ArgumentParser, max_new_tokens: str) -> None:
-    p.add_argument("--model", help="local checkpoint directory")
+    p.add_argument("--model", help="local checkpoint directory (default: the shipped cwm-mini)")
     p.add_argument("--server", help="URL of a server with /completions (cwm serve, the release's fgserve)")
-    p.add_argument("--tokenizer", help="tokenizer files (needed with --server; default: --model)")
+    p.add_argument("--tokenizer", help="tokenizer files for --server (default: the shipped cwm-mini's)")
     p.add_argument("--context", type=int, default=None,
                    help="the model's context in tokens (default: a local model's own; a server's is not checked without it)")
     p.add_argument("--device", default="cpu")

@@ -297,15 +297,15 @@ _PRESETS = {
         rope_original_max_seq_len=1024,
     ),
     # The world model this project ships (models/cwm-mini; docs/cwm-mini.md says how its shape
-    # was chosen): ~4M parameters, local layers see 512 tokens (a trace's recent frames), the
-    # global ones (0, 4, 5) the whole context with the program.
+    # was chosen): ~1.9M parameters, local layers (1, 2) see 512 tokens (a trace's recent
+    # frames), the global ones (0, 3) the whole context with the program.
     "cwm-mini": ModelConfig(
-        dim=192,
-        n_layers=6,
-        n_heads=6,
+        dim=128,
+        n_layers=4,
+        n_heads=4,
         n_kv_heads=2,
         head_dim=32,
-        ffn_dim=512,
+        ffn_dim=384,
         sliding_window=512,
         rope_original_max_seq_len=1024,
     ),

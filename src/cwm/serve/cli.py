@@ -1,4 +1,4 @@
-"""`cwm serve --model DIR [--host 127.0.0.1] [--port N]`."""
+"""`cwm serve [--model DIR] [--host 127.0.0.1] [--port N]` (default model: the shipped cwm-mini)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="checkpoint directory (config.json, *.safetensors, tokenizer files)")
+    parser.add_argument("--model", help="checkpoint directory (config.json, *.safetensors, tokenizer files); "
+                        "default: the shipped cwm-mini")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     parser.add_argument("--port", type=int, default=5678, help="port (default 5678, as the release's server)")
     parser.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda, cuda:1, ...)")
@@ -22,7 +23,10 @@ def run(args) -> int:
     from cwm.backends import LocalBackend
     from cwm.serve.app import create_app
 
+    from cwm.models import default_model
+
     try:
+        args.model = args.model or default_model()
         backend = LocalBackend.from_dir(args.model, device=args.device)
     except (OSError, ValueError) as e:  # missing or broken checkpoint: say which, no traceback
         print(f"error: cannot load {args.model}: {e}", file=sys.stderr)

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The whole cwm-mini recipe from scratch (docs/cwm-mini.md): tokenizer, data, two training
+# phases, evaluation. Every step resumes: rerun the script after a kill and it goes on where it
+# stopped (dataset builds resume from their manifests, training from its last checkpoint, the
+# evaluations from their results files). ~1.5-2 h on a 2-core CPU.
+#   bash scripts/train_cwm_mini.sh            # writes runs/mini/
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CWM=${CWM:-.venv/bin/cwm}
+OUT=runs/mini
+mkdir -p "$OUT/data" "$OUT/packed" "$OUT/eval"
+
+# 1. tokenizer: byte-level BPE, 4,096 ordinary tokens (+256 CWM specials), on the stdlib
+[ -f "$OUT/tok/tokenizer.json" ] || $CWM tokenizer train --vocab-size 4096 --out "$OUT/tok"
+
+# 2. data: the `real` source in three sizes (a curriculum), harvested stdlib functions, and the
+#    fixed held-out set (seed 999: never trained on) plus a validation set (seed 998)
+build() { $CWM data build --workers 2 --quiet "$@"; }
+build --source real --n 300 --seed 999 --split eval --out "$OUT/data/heldout"
+build --source real:size=2 --n 300 --seed 998 --split eval --out "$OUT/data/valid"
+build --source real:size=1 --n 12000 --seed 1 --out "$OUT/data/s1"
+build --source real:size=2 --n 24000 --seed 2 --out "$OUT/data/s2"
+build --source real:size=3 --n 12000 --seed 3 --out "$OUT/data/s3"
+build --source dir:stdlib --out "$OUT/data/stdlib"
+
+# 3. packing: whole documents only (a trace is never cut from its program)
+pack() { [ -f "$1/meta.json" ] || $CWM data pack --quiet --tokenizer "$OUT/tok" --whole-docs --out "$@"; }
+pack "$OUT/packed/valid" --seq-len 1025 --input valid="$OUT/data/valid"
+pack "$OUT/packed/valid2" --seq-len 2049 --input valid="$OUT/data/valid"
+pack "$OUT/packed/phase1" --seq-len 1025 --input s1="$OUT/data/s1:0.4" --input s2="$OUT/data/s2:0.6"
+pack "$OUT/packed/phase2" --seq-len 2049 --input s3="$OUT/data/s3:0.5" --input s2="$OUT/data/s2:0.35" \
+    --input s1="$OUT/data/s1:0.13" --input stdlib="$OUT/data/stdlib:0.02"
+
+# 4. training: phase 1 (short traces, 1,024-token rows), then phase 2 from its weights
+train() {
+    local config=$1 run=$2
+    [ -d "$run/final" ] && return 0
+    if [ -d "$run/checkpoints" ]; then $CWM train --config "$config" --resume; else $CWM train --config "$config"; fi
+}
+train configs/cwm-mini.toml "$OUT/phase1"
+train configs/cwm-mini-phase2.toml "$OUT/phase2"
+
+# 5. evaluation on the held-out set and CruxEval (results files resume)
+M="$OUT/phase2/final"
+$CWM eval trace --data "$OUT/data/heldout" --mode teacher --model "$M" --out "$OUT/eval/heldout-teacher.json"
+$CWM eval trace --data "$OUT/data/heldout" --mode free --model "$M" --out "$OUT/eval/heldout-free.json"
+$CWM eval cruxeval --mode trace --model "$M" --limit 200 --out "$OUT/eval/cruxeval-trace.json"
+$CWM eval cruxeval --mode direct --model "$M" --limit 200 --out "$OUT/eval/cruxeval-direct.json"
