@@ -16,6 +16,20 @@ def tok():
     return train_bpe(iter([CORPUS]), vocab_size=512)
 
 
+# The debugger tests' program: f calls a helper once (10 real frames when entered through main).
+DEBUG_PROGRAM = "def g(a, b):\n    return a * b\n\ndef f(x):\n    y = g(x, 2)\n    return y\n"
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    """(context, real frames) of DEBUG_PROGRAM called as f(3), as `cwm debug --call` prepares it."""
+    from cwm.debugger.session import prepare
+
+    context, real, note = prepare(DEBUG_PROGRAM, "f(3)")
+    assert note is None and len(real) == 10
+    return context, real
+
+
 def make_tiny_checkpoint(path, tok, max_seq_len=2048):
     """A randomly initialised cwm-tiny model plus `tok`, saved as a complete checkpoint dir."""
     from cwm.model import Transformer, get_preset, save_pretrained

@@ -7,6 +7,7 @@ import copy
 import io
 
 import pytest
+from conftest import DEBUG_PROGRAM as PROGRAM
 from conftest import make_tiny_checkpoint, serving
 
 from cwm.backends import LocalBackend, Sampling
@@ -17,14 +18,6 @@ from cwm.eval.oracle import OracleBackend
 from cwm.eval.traces import Case, predict_teacher_forced
 from cwm.eval.tracetext import frames_ids
 
-PROGRAM = "def g(a, b):\n    return a * b\n\ndef f(x):\n    y = g(x, 2)\n    return y\n"
-
-
-@pytest.fixture(scope="module")
-def prepared():
-    context, real, note = prepare(PROGRAM, "f(3)")
-    assert note is None and len(real) == 10
-    return context, real
 
 
 def session(tok, prepared, frames=None, frame_ids=None):

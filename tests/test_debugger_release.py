@@ -5,6 +5,7 @@ model predicts the entry call frame itself (demos/cwmdbg.py)."""
 import argparse
 
 import pytest
+from conftest import DEBUG_PROGRAM as PROGRAM
 from conftest import make_tiny_checkpoint, serving, serving_like_fgserve
 
 from cwm.backends import NEAR_GREEDY_TEMPERATURE, HTTPBackend, LocalBackend, Sampling
@@ -16,14 +17,6 @@ from cwm.eval.traces import Case, predict_teacher_forced
 from cwm.eval.tracetext import context_ids
 from cwm.trace import trace_call
 
-PROGRAM = "def g(a, b):\n    return a * b\n\ndef f(x):\n    y = g(x, 2)\n    return y\n"
-
-
-@pytest.fixture(scope="module")
-def prepared():
-    context, real, note = prepare(PROGRAM, "f(3)")
-    assert note is None and len(real) == 10
-    return context, real
 
 
 @pytest.fixture(scope="module")
