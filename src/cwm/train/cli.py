@@ -33,6 +33,9 @@ def run(args) -> int:
         from cwm.train.trainer import Trainer
 
         Trainer(cfg, resume=args.resume).train()
+        from cwm.train.distributed import barrier
+
+        barrier()  # every rank is done with its collectives before the group is torn down
         return 0
     except ConfigError as e:
         print(f"cwm train: error: {e}", file=sys.stderr)
