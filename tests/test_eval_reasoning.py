@@ -367,3 +367,17 @@ def test_the_shipped_model_at_a_tiny_limit(tmp_path, capsys):
     assert capsys.readouterr().out.strip().splitlines()[-1] == "score: 0.0000"
     sample = json.loads(out.read_text())["items"][0]["samples"][0]
     assert sample["tokens"] == 16 and sample["raw"]
+
+
+def test_split_replies_are_joined_back():
+    """fgserve / vLLM split the reasoning off; the raw text is rebuilt, and an unclosed reasoning
+    (all in `reasoning`, no content) gets no `</think>` the model never wrote."""
+    from cwm.backends import Sampling
+
+    replies = {"a": {"reasoning_content": "r", "content": "$\\boxed{1}$"},
+               "b": {"reasoning": "", "content": "x"},
+               "c": {"reasoning_content": "still thinking", "content": None}}
+    with scripted_chat(lambda user, seed: replies[user]) as (url, _):
+        chat = reasoning.OpenAIChat(url)
+        texts = [chat.reply(reasoning.messages_for(k), Sampling(max_new_tokens=4)).text for k in "abc"]
+    assert texts == ["r\n</think>\n$\\boxed{1}$", "\n</think>\nx", "still thinking"]

@@ -144,13 +144,13 @@ def load_lcb(path: str | Path | None, version: str = "v5", limit: int | None = N
                 continue
             metadata = row.get("metadata") or "{}"
             try:
-                tests = decode_tests(row["public_test_cases"]) + decode_tests(row.get("private_test_cases") or "[]")
+                public = decode_tests(row["public_test_cases"])
+                tests = public + decode_tests(row.get("private_test_cases") or "[]")
             except ValueError as e:
                 raise ValueError(f"{file}:{number}: {e}") from None
             items.append({"id": str(row["question_id"]), "question_content": row["question_content"],
                           "starter_code": row.get("starter_code") or "", "contest_date": str(row["contest_date"]),
-                          "difficulty": row.get("difficulty"), "tests": tests,
-                          "public": len(decode_tests(row["public_test_cases"])),
+                          "difficulty": row.get("difficulty"), "tests": tests, "public": len(public),
                           "func_name": (json.loads(metadata) if isinstance(metadata, str) else metadata).get("func_name")})
             if limit is not None and len(items) >= limit:
                 return items

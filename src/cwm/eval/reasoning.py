@@ -116,13 +116,19 @@ class OpenAIChat:
             data = answer.json()
             message = data["choices"][0]["message"]
             content = message.get("content") or ""
-            reasoning = message.get("reasoning_content") or message.get("reasoning")
+            reasoning = message.get("reasoning_content")
+            reasoning = message.get("reasoning") if reasoning is None else reasoning
             usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
             raise BackendError(f"{endpoint} did not answer like the OpenAI chat API (choices[0].message): {e!r}") from None
         if not isinstance(content, str) or (reasoning is not None and not isinstance(reasoning, str)):
             raise BackendError(f"{endpoint}: choices[0].message.content is not text")
-        text = content if reasoning is None else reasoning + "\n" + THINK_END + "\n" + content
+        # Split replies are joined back where the split was; a parser that puts an unclosed
+        # reasoning wholly into `reasoning` (empty content) gets no `</think>` it never saw.
+        if reasoning is None:
+            text = content
+        else:
+            text = reasoning + "\n" + THINK_END + "\n" + content if content else reasoning
         if text.startswith(THINK_START):  # a template that leaves "<think>\n" to the model
             text = text[len(THINK_START):]
         return Reply(text=text, tokens=int(usage.get("completion_tokens") or 0),
