@@ -203,3 +203,16 @@ def test_the_held_out_programs_are_pinned():
     programs = realistic.generate(999, 50)
     digest = hashlib.sha256("".join(p.source + p.call for p in programs).encode()).hexdigest()[:16]
     assert digest == "a169f723b5e3895f", f"the real generator changed (now {digest}): rebuild the held-out set"
+
+
+def test_novel_names_are_composed_so_most_are_not_in_the_list():
+    knobs = realistic.Knobs.parse("size=1,novel=100")
+    programs = [realistic.generate_compiled(4, i, knobs)[0] for i in range(100)]
+    assert programs == [realistic.generate_compiled(4, i, knobs)[0] for i in range(100)]  # deterministic
+    used = set().union(*(_bound_names(p.source) for p in programs))
+    outside = used - realistic.identifiers()
+    assert len(outside) > 0.5 * len(used)  # most names are new compositions of the list's words
+    words = set(realistic._words())
+    assert all(set(n.lower().split("_")) <= words for n in outside)
+    # the default draws exactly as before (the held-out set stays pinned)
+    assert realistic.generate_compiled(4, 0)[0] == realistic.generate_compiled(4, 0, realistic.Knobs.parse("novel=0"))[0]

@@ -25,7 +25,9 @@ curriculum (1: shortest), `main` the percentage entered through main(), `max_eve
 
 from __future__ import annotations
 
+import builtins
 import functools
+import keyword
 import random
 import re
 import sys
@@ -70,6 +72,8 @@ class Knobs:
     main: int = 50  # percent of programs entered through `def main():` (the rest: the call itself)
     max_events: int = 0  # 0: the size's bound
     max_bytes: int = 0  # 0: the size's bound
+    novel: int = 0  # percent of identifiers composed from 1-3 words of the mined names, so that
+    # most are new: a model cannot memorise the name list, it must copy names from the code
 
     @classmethod
     def parse(cls, spec: str) -> "Knobs":
@@ -81,8 +85,8 @@ class Knobs:
                 raise ValueError(f"bad real knob {part!r}: use name=int with names {', '.join(f.name for f in fields(cls))}")
             values[key] = int(value)
         knobs = cls(**values)
-        if knobs.size not in SIZES or knobs.main > 100:
-            raise ValueError(f"bad real knobs {spec!r}: size is 1, 2 or 3 and main a percentage")
+        if knobs.size not in SIZES or knobs.main > 100 or knobs.novel > 100:
+            raise ValueError(f"bad real knobs {spec!r}: size is 1, 2 or 3, main and novel percentages")
         return knobs
 
     @property
@@ -284,6 +288,14 @@ class Fn:
         self.helpers = self.helpers or []
 
 
+@functools.cache
+def _words() -> tuple[str, ...]:
+    """The words the mined names are made of (`read_lines` -> read, lines), for `novel` names."""
+    every = (n for kind in names().values() for n in kind)
+    return tuple(sorted({w for n in every for w in n.lower().split("_") if len(w) > 1 and w.isidentifier()
+                         and not keyword.iskeyword(w) and w not in dir(builtins)}))
+
+
 class _Gen:
     """Names and values for one program: names are never reused within it."""
 
@@ -303,6 +315,9 @@ class _Gen:
             pool = _pools()["any"]
         for _ in range(50):
             name = r.choice(pool[:100]) if r.random() < 0.4 else r.choice(pool)  # common names more often, none dominant
+            if self.knobs.novel and r.random() * 100 < self.knobs.novel:
+                name = "_".join(r.choice(_words()) for _ in range(r.randint(1, 3)))
+                name = name.capitalize() if kind == "cls" else name
             if name not in self.used:
                 self.used.add(name)
                 return name
