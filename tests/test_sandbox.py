@@ -6,8 +6,8 @@ Each test also checks that the caller (this pytest process) is still healthy aft
 
 from __future__ import annotations
 
+import ast
 import ctypes
-import dataclasses
 import errno
 import importlib
 import importlib.util
@@ -17,6 +17,7 @@ import signal
 import shutil
 import socket
 import stat
+import subprocess
 import sys
 import tempfile
 import threading
@@ -829,11 +830,17 @@ def _call_each(items):
 
 @needs_tracer
 def test_one_program_cannot_change_the_next_ones_record():
-    # run_each: patches, files and leftover processes of one call reach no later call
-    # (wall-clock room for a loaded machine: this checks isolation, not speed)
-    res = run_function(_call_each, [("patch", 0), ("plain", 3), ("plain", 4)], limits=dataclasses.replace(SMALL, timeout=30))
-    assert res.ok, res.error
-    assert res.value[0] == "patched" and res.value[1][:2] == (3, sorted(PYTHON_IN_TMP)) and res.value[2][0] == 3
+    # run_each: patches, files and leftover processes of one call reach no later call. Run from a
+    # fresh interpreter: in the whole suite this process carries threads and children that earlier
+    # tests left, and the run hung there (CI, twice; never alone); a fresh caller is what a build
+    # worker is. (Wall-clock room for a loaded machine: this checks isolation, not speed.)
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import dataclasses, test_sandbox as t; "
+            "r = t.run_function(t._call_each, [('patch', 0), ('plain', 3), ('plain', 4)], "
+            "limits=dataclasses.replace(t.SMALL, timeout=30)); print(repr((r.ok, r.error, r.value)))")
+    out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent)], capture_output=True, text=True, timeout=120)
+    ok, error, value = ast.literal_eval(out.stdout.strip().splitlines()[-1])
+    assert ok, (error, out.stderr[-2000:])
+    assert value[0] == "patched" and value[1][:2] == (3, sorted(PYTHON_IN_TMP)) and value[2][0] == 3
 
     # the data builder's shared sandbox: a program that patches the recorder, json and builtins,
     # then an ordinary one; in a first run and in the determinism re-run
