@@ -370,7 +370,7 @@ def test_untrusted_source_is_compiled_only_in_the_sandbox_and_a_bad_one_is_a_rec
     out = tmp_path / "out"
     run = subprocess.run([sys.executable, "-c", UNTRUSTED_BUILD, str(out), str(programs)], capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert int(run.stdout.split()[-1]) < 700  # MiB
+    assert int(run.stdout.split()[-1]) < 1000  # MiB (parsing the big source here would take ~1.4 GB; 189-710 measured)
     got = {r["origin"]: r for r in records(out)}
     assert set(got) == {r["origin"] for r in rows}
     assert got["good"]["status"] == "ok" and got["good"]["return_value"] == "2"

@@ -166,8 +166,12 @@ def _serve(parent: int) -> None:
     import ctypes
     import signal
 
+    running = False
+
     def leave(signum, frame):
-        raise SystemExit(0)  # unwinds through the sandbox run in progress, which kills its sandbox
+        if running:
+            raise SystemExit(0)  # unwinds through the sandbox run in progress, which kills its sandbox
+        os._exit(0)  # between runs (or shutting down): nothing to unwind, and nothing to print
 
     signal.signal(signal.SIGTERM, leave)
     signal.signal(signal.SIGINT, leave)
@@ -185,7 +189,9 @@ def _serve(parent: int) -> None:
             return
         programs, settings = pickle.loads(requests.read(_LENGTH.unpack(head)[0]))  # from the process that started us
         programs = [(s, c, None if code is None else marshal.loads(code)) for s, c, code in programs]
+        running = True
         result = _sandboxed_here(programs, settings)
+        running = False
         body = pickle.dumps(result.__dict__, protocol=pickle.HIGHEST_PROTOCOL)
         replies.write(_LENGTH.pack(len(body)) + body)
         replies.flush()
