@@ -1,4 +1,4 @@
-"""Per-call overhead of cwm.trace.sandbox.run_function against named peers, on the same trivial work.
+"""Per-call overhead of cwm.sandbox.run_function against named peers, on the same trivial work.
 
     .venv/bin/python benchmarks/sandbox_overhead.py [--calls 200] [--import-torch]
 
@@ -23,8 +23,8 @@ import subprocess
 import sys
 import time
 
-from cwm.trace import sandbox as sandbox_module
-from cwm.trace.sandbox import Limits, run_function
+from cwm.sandbox import core as sandbox_module
+from cwm.sandbox import Limits, run_function
 
 
 def work(x):

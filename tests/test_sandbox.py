@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from cwm.trace.sandbox import STATUSES, Limits, SandboxResult, _mount_plan, allow_result_type, run_command, run_function
+from cwm.sandbox import STATUSES, Limits, SandboxResult, allow_result_type, run_command, run_function
+from cwm.sandbox.core import _mount_plan
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -675,7 +676,7 @@ def test_works_when_not_root():
 
 ENV_PROBE = """
 import ctypes, json, os, posix, sys
-from cwm.trace.sandbox import run_function
+from cwm.sandbox import run_function
 
 def probe():
     with open("/proc/self/stat", "rb") as f:
@@ -811,7 +812,7 @@ def f(xs):
 
 
 def _call_each(items):
-    from cwm.trace.sandbox import run_each
+    from cwm.sandbox import run_each
 
     def one(item):
         kind, x = item

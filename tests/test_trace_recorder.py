@@ -551,7 +551,7 @@ REMOVERS = {
 
 @pytest.mark.parametrize("how", list(REMOVERS))
 def test_a_trace_function_removed_and_put_back_is_not_ok(how):
-    from cwm.trace.sandbox import run_function
+    from cwm.sandbox import run_function
 
     program = src(f"""
         import ctypes, sys
@@ -595,7 +595,7 @@ PROGRAMS = sorted((Path(__file__).parent / "programs").glob("*.py"))
 
 @pytest.mark.parametrize("path", PROGRAMS, ids=lambda p: p.stem)
 def test_a_corpus_of_ordinary_programs_traces_ok(path):
-    from cwm.trace.sandbox import run_function
+    from cwm.sandbox import run_function
 
     source = path.read_text()
     expected = source.splitlines()[0].removeprefix("# expect: ")

@@ -21,7 +21,7 @@ command ends with exactly the records of an uninterrupted run:
   4. the manifest records the parameters, and a rerun with other ones into the same directory
      is refused.
 
-Each worker is a warm process that forks a sandbox (cwm.trace.sandbox) per task, so no program
+Each worker is a warm process that forks a sandbox (cwm.sandbox) per task, so no program
 pays for a fresh interpreter. Ray (`ray=ADDRESS`) runs the same tasks as Ray tasks.
 """
 
@@ -249,7 +249,7 @@ def trace_chunk(chunk: list[tuple[int, Program]], params: BuildParams, codes: di
     """
     import pyarrow as pa
 
-    from cwm.trace.sandbox import SandboxResult
+    from cwm.sandbox import SandboxResult
 
     programs = [p for _, p in chunk]
     first = _sandboxed(programs, params, codes and [codes.get(i) for i, _ in chunk])
@@ -444,7 +444,7 @@ def build(out: str | os.PathLike, params: BuildParams, workers: int = 1, ray: st
         raise BuildError("--workers must be at least 1")
     ray_module = _import_ray() if ray is not None else None  # fail before any work
     # Imported (and the evaluation sets' keys loaded) before the pool forks: every worker starts with them.
-    import cwm.trace.sandbox  # noqa: F401
+    import cwm.sandbox  # noqa: F401
 
     if params.kind in GENERATORS:
         _evaluation_test(params)

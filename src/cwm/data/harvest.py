@@ -105,12 +105,12 @@ def read_sources(root: Path) -> list[tuple[str, str]]:
 
 
 def in_sandbox(fn, items: list, batch: int = 64) -> list:
-    """[fn(item) for item in items], computed in sandboxes (cwm.trace.sandbox), a batch of items per
+    """[fn(item) for item in items], computed in sandboxes (cwm.sandbox), a batch of items per
     run, because the items are untrusted source: parsing or compiling it can take gigabytes (a
     50 MB file) or overflow the parser's stack, and must not do so in this process. An item whose
     fn raises gives None; a batch whose run fails (memory, time, a crash) is run again in halves,
     so only the item that fails alone gives None and its neighbours keep their results."""
-    from cwm.trace.sandbox import run_function
+    from cwm.sandbox import run_function
 
     def each(part):
         results = []

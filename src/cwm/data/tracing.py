@@ -40,7 +40,7 @@ def trace_many(programs: list[tuple[str, str, object]], settings: tuple[int, int
     Only plain values come back (dict, tuple, str, int), which pickle fast and which the caller's
     restricted unpickler takes; sending Trace objects cost about half as much as tracing them.
     """
-    from cwm.trace.sandbox import run_each
+    from cwm.sandbox import run_each
 
     if not settings[3]:
         return [trace_one(program, settings) for program in programs]
@@ -92,7 +92,7 @@ def sandboxed(programs: list[tuple[str, str, object]], settings: tuple[int, int,
 
 def _sandboxed_here(programs, settings):
     import cwm.trace  # noqa: F401  (imported here, so the forked child finds it loaded)
-    from cwm.trace.sandbox import Limits, run_function
+    from cwm.sandbox import Limits, run_function
 
     # The tracer stops a slow program itself (status "timeout"); the sandbox's limit is the backstop
     # for a hang it cannot see (inside C code). A chunk that needs longer is retried program by
@@ -135,7 +135,7 @@ class TraceHost:
 
     def run(self, programs, settings):
         """The host's SandboxResult, or None if the host is gone (the caller then runs it itself)."""
-        from cwm.trace.sandbox import SandboxResult
+        from cwm.sandbox import SandboxResult
 
         payload = pickle.dumps(([(s, c, None if code is None else marshal.dumps(code)) for s, c, code in programs], settings),
                                protocol=pickle.HIGHEST_PROTOCOL)
@@ -181,7 +181,7 @@ def _serve(parent: int) -> None:
     requests, replies = os.fdopen(0, "rb"), os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # nothing printed by accident can corrupt the replies
     import cwm.trace  # noqa: F401  (loaded before any fork)
-    import cwm.trace.sandbox  # noqa: F401
+    import cwm.sandbox  # noqa: F401
 
     while True:
         head = requests.read(_LENGTH.size)

@@ -277,7 +277,7 @@ def prepare(program: str, call: str | None, run_real: bool = True, timeout: floa
     if not run_real:
         return context, None, None
     from cwm.trace import trace_call
-    from cwm.trace.sandbox import Limits, run_function
+    from cwm.sandbox import Limits, run_function
 
     result = run_function(trace_call, context.replace(MARKER, ""), f"{ENTRY}()", limits=Limits(timeout=timeout))
     if not result.ok:

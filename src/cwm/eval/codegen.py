@@ -1,6 +1,6 @@
 """Code tasks of `cwm eval`: HumanEval, LiveCodeBench, CruxEval-I (reasoning mode, cwm.eval.reasoning).
 
-Every piece of model code runs in the sandbox (cwm.trace.sandbox), one fresh child per test,
+Every piece of model code runs in the sandbox (cwm.sandbox), one fresh child per test,
 with a wall-clock limit per test.
 
 - Extraction (the release's cwm/rl/envs/utils/code.py, extract_single_code): the fenced blocks
@@ -202,7 +202,7 @@ def _same_lines(got: str, want: str) -> bool:
 
 def run_lcb_tests(code: str, tests: list[dict], func_name: str | None, timeout_s: float = LCB_TEST_TIMEOUT) -> tuple[bool, str]:
     """All tests in order, each in a fresh sandbox child; stops at the first failure."""
-    from cwm.trace.sandbox import Limits, run_function
+    from cwm.sandbox import Limits, run_function
 
     limits = Limits(timeout=timeout_s, cpu_seconds=int(timeout_s) + 1)
     program = PRELUDE + "\n" + code
@@ -291,7 +291,7 @@ class HumanEvalTask:
         return extract_code(answer)
 
     def score(self, item, code):
-        from cwm.trace.sandbox import Limits, run_function
+        from cwm.sandbox import Limits, run_function
 
         got = run_function(_exec, humaneval_program(item, code), limits=Limits(timeout=HUMANEVAL_TIMEOUT))
         return got.ok, "passed" if got.ok else f"{got.status}: {(got.error or '')[-300:]}"
@@ -367,7 +367,7 @@ class CruxInputTask:
         return extract_input(answer)
 
     def score(self, item, answer):
-        from cwm.trace.sandbox import Limits, run_function
+        from cwm.sandbox import Limits, run_function
 
         program = f"{item['code']}\nassert f({answer}) == {item['output']}\n"
         got = run_function(_exec, program, limits=Limits(timeout=3.0))

@@ -102,7 +102,7 @@ def check_answer(code: str, input: str, gold: str, answer: str | None, timeout_s
     """The benchmark's check: reject a copy of the call, else run the assertion in the sandbox."""
     if not answer or f"f({input})" in answer:
         return False
-    from cwm.trace.sandbox import Limits, run_function  # the model's answer is untrusted code
+    from cwm.sandbox import Limits, run_function  # the model's answer is untrusted code
 
     program = f"{code}\nassert {gold} == {answer}\n"
     return run_function(_exec_program, program, limits=Limits(timeout=timeout_s)).ok

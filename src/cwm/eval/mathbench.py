@@ -190,7 +190,7 @@ def compare(answer: str, gold: str, timeout_s: float = COMPARE_TIMEOUT) -> tuple
     """(correct, why), judged in the sandbox (a fork of this process: math-verify is loaded first)."""
     import math_verify  # noqa: F401 - imported here so the sandbox child need not
 
-    from cwm.trace.sandbox import Limits, run_function
+    from cwm.sandbox import Limits, run_function
 
     got = run_function(_compare, answer, gold, limits=Limits(timeout=timeout_s, cpu_seconds=int(timeout_s) + 1))
     if not got.ok:

@@ -1,6 +1,6 @@
 """`cwm trace FILE.py [--call EXPR | --entry NAME] [--format pretty|cwm|json]`: trace a program.
 
-The program runs in the sandbox (cwm.trace.sandbox), so a hostile one cannot hurt the caller.
+The program runs in the sandbox (cwm.sandbox), so a hostile one cannot hurt the caller.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def run(args) -> int:
 
     from cwm.trace.format import OK, RAISED, Trace, to_cwm_text, to_dict
     from cwm.trace.recorder import trace_call, trace_entry, trace_script
-    from cwm.trace.sandbox import Limits, run_function
+    from cwm.sandbox import Limits, run_function
 
     # The program is only read here, never compiled: compiling untrusted source can take gigabytes
     # or overflow the stack, so that happens in the sandbox (a TraceError comes back as one line).

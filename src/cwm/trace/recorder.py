@@ -16,7 +16,7 @@ Statuses besides "ok" / "exception" (format.py): "event_limit", "size_limit", "t
 replaced or removed the trace function), "not_reached" (the entry never ran), "error" (the
 program failed before the entry, e.g. at import), "recursion" (the program recursed to Python's
 recursion limit, where the tracer has no room left to record), "tracer_error" (a bug here, reported).
-This module runs the program in-process: call it inside cwm.trace.sandbox.run_function for
+This module runs the program in-process: call it inside cwm.sandbox.run_function for
 anything untrusted (the CLI and the dataset builder do). The trace function itself is C
 (_ctrace.c, which runs on every event); this module prepares a run and reads its outcome.
 """

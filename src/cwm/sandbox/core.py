@@ -508,7 +508,7 @@ class _SafeUnpickler(pickle.Unpickler):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(
             f"the return value holds a {module}.{name}, which the sandbox does not unpickle; return plain data "
-            "(numbers, strings, lists, dicts, ...) or register the class with cwm.trace.sandbox.allow_result_type"
+            "(numbers, strings, lists, dicts, ...) or register the class with cwm.sandbox.allow_result_type"
         )
 
 
