@@ -92,9 +92,11 @@ def chat_ids(
     assistant turn, 0 elsewhere, headers included).
 
     messages: dicts with "role" (system, user, assistant, or tool with "name", or "tool: NAME")
-    and "content". With add_generation_prompt, the ids end ready for the model to write the next
-    assistant turn: after an assistant header (plus "<think>\\n" when `reasoning`), or, if the
-    last message is the assistant's, inside that turn (it is continued, not closed). Without it,
+    and "content", and optionally "weight" (0 or 1: whether the message's content and <|eot_id|>
+    are learned; default 1 for assistant turns, 0 for the others). With add_generation_prompt,
+    the ids end ready for the model to write the next assistant turn: after an assistant header
+    (plus "<think>\\n" when `reasoning`), or, if the last message is the assistant's, inside that
+    turn (it is continued, not closed). Without it,
     every turn is closed: the form for SFT (`reasoning` then changes nothing; reasoning data
     carries its own "<think>\n...</think>" in the assistant content).
     """
@@ -114,7 +116,8 @@ def chat_ids(
             content = content.strip()
         add(_header(role), learn=False)
         body = _thinking_pieces(content) if is_assistant else [(content, False)]
-        add(body if unfinished else [*body, (EOT, True)], learn=is_assistant)
+        learn = bool(message.get("weight", 1 if is_assistant else 0))  # the OpenAI fine-tuning key
+        add(body if unfinished else [*body, (EOT, True)], learn=learn)
 
     last_is_assistant = bool(messages) and messages[-1].get("role") == "assistant"
     if add_generation_prompt and not last_is_assistant:
