@@ -207,6 +207,10 @@ class _Job:
     input: bytes | None = None
     read_only: bool = False  # the workspace is a read-only view (run_function's cwd)
     pid_ns: bool = False  # the keeper is PID 1 of a PID namespace of its own
+    # For cwm.sandbox.shell (a workspace at a fixed path): the mount namespace to start from (an fd
+    # of /proc/PID/ns/mnt, whose mounts the run's own namespace copies), and the cwd inside it.
+    mount_ns: int | None = None
+    workdir: str | None = None
 
 
 _warned: set[str] = set()
@@ -218,17 +222,41 @@ def _warn_once(message: str) -> None:
         warnings.warn(f"cwm sandbox: {message}", RuntimeWarning, stacklevel=4)
 
 
-def _run(limits: Limits, job: _Job) -> SandboxResult:
+def _run(limits: Limits, job: _Job, uid: int | None = None) -> SandboxResult:
+    """One run to its end. uid: the runner's (root only); by default one of this thread's own."""
     _check_limits(limits)
     start = time.monotonic()
     is_root = os.geteuid() == 0
-    # A uid of its own for the runner, so RLIMIT_NPROC counts only its processes. Our thread id is
-    # unique among live threads, and a thread runs one sandbox at a time, all dead when it returns.
-    uid = UID_BASE + threading.get_native_id() if is_root else None
     owner = None
     if job.workspace is not None and is_root and not job.read_only:
         st = os.stat(job.workspace)
         owner = (st.st_uid, st.st_gid)
+    keeper, pid_ns, pipes, stdin_w = _launch(limits, job, uid)
+    got = {name: bytearray() for name in pipes}
+    try:
+        killed_for = _collect(limits, job, keeper, pid_ns, pipes, stdin_w, start, got)
+    finally:
+        _, keeper_status = os.waitpid(keeper, 0)
+        if owner is not None:
+            _hand_over(job.workspace, *owner)  # give the workspace back to its owner
+        report = _parse_status(bytes(got["status"]))
+        if report.get("host_tmpdir"):  # only where no private tmpfs could be mounted
+            shutil.rmtree(report["host_tmpdir"], ignore_errors=True)
+    res = _classify(limits, job, got, report, keeper_status, killed_for)
+    res.duration = time.monotonic() - start
+    return res
+
+
+def _launch(limits: Limits, job: _Job, uid: int | None = None) -> tuple[int, bool, dict[str, int], int | None]:
+    """Fork the keeper of one run; returns (keeper pid, whether it is PID 1 of a namespace of its own,
+    the read ends of its stdout/stderr/result/status pipes, the write end of its stdin or None).
+    The caller reads the pipes, then reaps the keeper (os.waitpid)."""
+    is_root = os.geteuid() == 0
+    if is_root and uid is None:
+        # A uid of its own for the runner, so RLIMIT_NPROC counts only its processes. Our thread id is
+        # unique among live threads, and a thread runs one sandbox at a time, all dead when it returns.
+        uid = UID_BASE + threading.get_native_id()
+    uid = uid if is_root else None
     plan = _mount_plan(uid, job.workspace, job.read_only)  # what to hide and show in the runner's file system
     _seccomp_program()  # built once here (cached), not in every child
     # Flush our own buffers, or the child would write them out a second time.
@@ -258,20 +286,7 @@ def _run(limits: Limits, job: _Job) -> SandboxResult:
         os.close(w)
     if stdin:
         os.close(stdin[0])
-    got = {name: bytearray() for name in pipes}
-    try:
-        reads = {n: r for n, (r, _) in pipes.items()}
-        killed_for = _collect(limits, job, keeper, pid_ns, reads, stdin and stdin[1], start, got)
-    finally:
-        _, keeper_status = os.waitpid(keeper, 0)
-        if owner is not None:
-            _hand_over(job.workspace, *owner)  # give the workspace back to its owner
-        report = _parse_status(bytes(got["status"]))
-        if report.get("host_tmpdir"):  # only where no private tmpfs could be mounted
-            shutil.rmtree(report["host_tmpdir"], ignore_errors=True)
-    res = _classify(limits, job, got, report, keeper_status, killed_for)
-    res.duration = time.monotonic() - start
-    return res
+    return keeper, pid_ns, {n: r for n, (r, _) in pipes.items()}, stdin[1] if stdin else None
 
 
 _own_pid_ns: int | None = None  # fd of our PID namespace, to come back to after each fork
@@ -714,6 +729,8 @@ _STDIN, _STDOUT, _STDERR, _RESULT, _STATUS = 0, 1, 2, 3, 4
 
 def _keeper(limits, job, uid, plan, pipes, stdin) -> None:
     try:
+        if job.mount_ns is not None and _libc.setns(job.mount_ns, _CLONE_NEWNS) != 0:  # before _unshare copies it
+            raise OSError(ctypes.get_errno(), "cannot enter the workspace's mount namespace")
         # Keep only the fds we need, at fixed numbers; the rest of the caller's files stay out.
         targets = {pipes["stdout"][1]: _STDOUT, pipes["stderr"][1]: _STDERR,
                    pipes["result"][1]: _RESULT, pipes["status"][1]: _STATUS}
@@ -733,7 +750,7 @@ def _keeper(limits, job, uid, plan, pipes, stdin) -> None:
         if uid is not None and job.workspace and not job.read_only:
             _hand_over(job.workspace, uid, uid)
         tmpdir = _private_fs(limits, uid, status, *plan)
-        workdir = job.workspace or tmpdir
+        workdir = job.workspace or job.workdir or tmpdir
 
         lifeline_r, lifeline_w = os.pipe()
         runner = os.fork()
