@@ -19,6 +19,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import uuid
 from typing import Any
@@ -30,6 +31,8 @@ from cwm.sandbox.shell import (
 __all__ = ["Workspace", "DockerWorkspace", "BoxLimits", "bash_feedback", "docker_available"]
 
 SESSION_TIMEOUT = 120.0  # the release's session timeout (swerl_tool.py SWERLConfig.session_timeout)
+PLUGIN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugins")  # edit.py, create.py
+DOCKER_PLUGIN_DIR = "/cwm-plugins"
 
 # cwm/rl/swerl/tools.py: bash_feedback_default
 SESSION_EXIT = "The current session has terminated unexpectedly."
@@ -66,7 +69,10 @@ class Workspace:
             raise
         self.root = self._box.root
         self.session_timeout = session_timeout
-        self._shell: Shell = self._box.shell(session_timeout)
+        # the release's session exports the plugins' Python (default_configs.py PLUGIN_SETUP_SCRIPT)
+        self.plugin_dir = PLUGIN_DIR
+        self._start_script = f"export PYPLUGIN_PYTHON_PATH={shlex.quote(sys.executable)}"
+        self._shell: Shell = self._box.shell(session_timeout, start_script=self._start_script)
 
     @classmethod
     def create(cls, source_dir: str | os.PathLike, backend: str = "sandbox", limits: Any = None,
@@ -126,7 +132,7 @@ class Workspace:
     def reset(self) -> None:
         """Back to the pristine copy: the session and every process are killed, the copy made anew."""
         self._box.reset()
-        self._shell = self._box.shell(self.session_timeout)
+        self._shell = self._box.shell(self.session_timeout, start_script=self._start_script)
 
     def close(self) -> None:
         self._box.close()
@@ -158,6 +164,7 @@ class DockerWorkspace:
     images that hold a repository's own environment. `image` must have bash and git."""
 
     root: str = WORKSPACE_PATH
+    plugin_dir: str = DOCKER_PLUGIN_DIR
 
     def __init__(self, source_dir: str | os.PathLike, image: str = "python:3.11-slim",
                  session_timeout: float = SESSION_TIMEOUT, memory: str = "4g", pids: int = 512):
@@ -185,6 +192,7 @@ class DockerWorkspace:
         res = self._docker("cp", f"{self._pristine}/.", f"{self.name}:{self.root}")
         if res.returncode != 0:
             raise RuntimeError(f"docker cp: {res.stderr.strip()}")
+        self._docker("cp", PLUGIN_DIR, f"{self.name}:{DOCKER_PLUGIN_DIR}")
         self._shell = _DockerShell(self.name, self.root, self.session_timeout)
 
     def bash_result(self, command: str, timeout: float | None = None) -> ShellOutput:

@@ -1,0 +1,31 @@
+"""The `create` tool, run inside the workspace by the agent's bash session (stdin: the tool's input
+through a here-document, so one trailing newline is dropped). The same behaviour and texts as the
+release's plugin (cwm/rl/swerl/plugins/create.py): the first line is the path, the rest the content;
+an existing path is refused. Standalone on purpose: it runs with the workspace's Python.
+"""
+
+import os
+import sys
+
+
+def create(command):
+    path, _, content = command.partition("\n")
+    if os.path.exists(path):
+        return False, "%s already exists. Cannot create a new file at an existing path." % path
+    if path == "":
+        return False, "Path is empty. Please provide a valid path."
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.exists(parent):
+        return False, "File creation failed. The parent directory %s does not exist." % parent
+    with open(path, "w") as f:
+        f.write(content)
+    return True, "File created successfully at: %s (%d lines)." % (path, content.count("\n") + 1)
+
+
+if __name__ == "__main__":
+    command = sys.stdin.read()
+    if command.endswith("\n"):
+        command = command[:-1]
+    ok, feedback = create(command)
+    print(feedback)
+    sys.exit(0 if ok else 1)
