@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import glob
 
 import torch
 import torch.nn.functional as F
 
 
 def main() -> None:
-    import pyarrow.parquet as pq
-
-    from cwm.data.build import row_to_trace
+    from cwm.data import dataset
+    from cwm.data.dataset import row_to_trace
     from cwm.data.pack import trace_document
     from cwm.model import load_pretrained
     from cwm.tokenizer import load_tokenizer
@@ -46,10 +44,7 @@ def main() -> None:
         loss = F.cross_entropy(model(pairs[:, :-1]).flatten(0, 1).float(), pairs[:, 1:].flatten(), reduction="none").view(4, -1)
     print(f"induction: loss {loss[:, :99].mean():.2f} on random tokens, {loss[:, 100:].mean():.2f} on their repeat")
 
-    rows = []
-    for shard in sorted(glob.glob(f"{args.data}/shard-*.parquet")):
-        rows += [r for r in pq.read_table(shard).to_pylist() if r["cwm_text"]]
-    rows = rows[: args.traces + 1]
+    rows = [r for r in dataset.rows(args.data) if r["cwm_text"]][: args.traces + 1]
     right = total = 0
     own = other = 0.0
     for row, following in zip(rows, rows[1:]):

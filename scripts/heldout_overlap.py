@@ -12,18 +12,14 @@ on the others ("seen").
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 from pathlib import Path
 
-import pyarrow.parquet as pq
+from cwm.data import dataset
 
 
 def rows(path: str, columns=("source", "call")) -> list[dict]:
-    out = []
-    for shard in sorted(glob.glob(f"{path}/shard-*.parquet")):
-        out += pq.read_table(shard, columns=list(columns)).to_pylist()
-    return out
+    return list(dataset.rows(path, columns=list(columns)))
 
 
 def main() -> None:

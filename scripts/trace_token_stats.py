@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections import Counter
-from pathlib import Path
 
 
 def main() -> None:
@@ -22,23 +21,20 @@ def main() -> None:
     parser.add_argument("--by-origin", action="store_true")
     args = parser.parse_args()
 
-    import pyarrow.parquet as pq
-
-    from cwm.data.build import read_manifest, row_to_trace
+    from cwm.data.dataset import row_to_trace, rows
     from cwm.data.pack import trace_document
     from cwm.tokenizer import load_tokenizer
 
     tok = load_tokenizer(args.tokenizer)
     events, nbytes, tokens, origins = [], [], [], Counter()
-    for name in sorted(read_manifest(args.dataset)["shards"]):
-        for row in pq.read_table(Path(args.dataset) / name).to_pylist():
-            if row["cwm_text"] is None:
-                continue
-            events.append(row["num_events"])
-            nbytes.append(row["num_bytes"])
-            tokens.append(len(trace_document(row_to_trace(row), tok, "frames")[0]))
-            origin = row["origin"]
-            origins[origin.split(":")[1] if origin.startswith("real:") else origin.split(":")[0]] += 1
+    for row in rows(args.dataset):
+        if row["cwm_text"] is None:
+            continue
+        events.append(row["num_events"])
+        nbytes.append(row["num_bytes"])
+        tokens.append(len(trace_document(row_to_trace(row), tok, "frames")[0]))
+        origin = row["origin"]
+        origins[origin.split(":")[1] if origin.startswith("real:") else origin.split(":")[0]] += 1
     if not tokens:
         raise SystemExit(f"{args.dataset}: no complete traces")
 

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from cwm.data.build import BuildParams, build, read_manifest, read_shard
+from cwm.data.build import BuildParams, build
+from cwm.data.dataset import rows as dataset_rows
 from cwm.data.pack import PackInput, io_document, io_pair, io_prompt, pack
 from cwm.data.packed import PackedDataset
 from cwm.eval.cruxeval import direct_prompt
@@ -22,7 +23,7 @@ def traces(tmp_path_factory):
 
 
 def rows_of(dataset):
-    return [r for name in sorted(read_manifest(dataset)["shards"]) for r in read_shard(dataset / name).to_pylist()]
+    return list(dataset_rows(dataset))
 
 
 def test_io_pair_unwraps_main_and_keeps_direct_calls(traces):
@@ -59,7 +60,7 @@ def test_io_document_learns_the_answer_only(tok):
 
 
 def test_pack_io_beside_traces_walks_the_same_programs(traces, tok, tmp_path):
-    from cwm.data.build import row_to_trace
+    from cwm.data.dataset import row_to_trace
     from cwm.data.pack import documents, trace_document
 
     io, plain = PackInput.parse(f"io:io={traces}:2"), PackInput.parse(str(traces))

@@ -10,7 +10,8 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from cwm.data.build import BuildError, BuildParams, build, row_to_trace, schema
+from cwm.data.build import BuildError, BuildParams, build
+from cwm.data.dataset import row_to_trace, schema
 from cwm.data.stats import PROMISED, dataset_stats
 from cwm.data.synth import generate
 from cwm.trace.format import to_cwm_text

@@ -134,7 +134,7 @@ def test_cli_pack(tok, code_dir, chat_file, tmp_path):
 
 
 def test_trace_documents_come_from_the_pieces_and_learn_the_frames(tok, tmp_path):
-    from cwm.data.build import row_to_trace
+    from cwm.data.dataset import row_to_trace
     from cwm.data.pack import trace_document
     from cwm.trace.format import to_cwm_pieces
 

@@ -15,7 +15,7 @@ from cwm.data import evalsets, realistic
 from cwm.data.build import BuildParams, _evaluation_test
 from cwm.data.synth import Program
 from cwm.eval.cruxeval import trace_context
-from cwm.eval.tracetext import entry_context, entry_frame
+from cwm.tokenizer.tracetext import entry_context, entry_frame
 from cwm.trace import trace_call
 from cwm.trace.format import to_cwm_text
 from cwm.trace.recorder import PROGRAM

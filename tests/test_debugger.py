@@ -16,7 +16,7 @@ from cwm.debugger.session import Session, prepare
 from cwm.eval.metrics import action_of, state_of
 from cwm.eval.oracle import OracleBackend
 from cwm.eval.traces import Case, predict_teacher_forced
-from cwm.eval.tracetext import frames_ids
+from cwm.tokenizer.tracetext import frames_ids
 
 
 

@@ -14,7 +14,7 @@ from cwm.debugger.session import Session, mark_entry, prepare
 from cwm.eval.metrics import action_of, state_of
 from cwm.eval.oracle import OracleBackend
 from cwm.eval.traces import Case, predict_teacher_forced
-from cwm.eval.tracetext import context_ids
+from cwm.tokenizer.tracetext import context_ids
 from cwm.trace import trace_call
 
 

@@ -13,7 +13,7 @@ from cwm.backends import Sampling
 from cwm.eval import cli
 from cwm.eval.cruxeval import DEFAULT_DATA, load_cruxeval, run_cruxeval, trace_context
 from cwm.eval.oracle import OracleBackend, OracleSet
-from cwm.eval.tracetext import MARKER
+from cwm.tokenizer.tracetext import MARKER
 from cwm.trace import trace_call
 
 DATA = DEFAULT_DATA  # the copy inside the package

@@ -18,7 +18,7 @@ from cwm.eval.cruxeval import answer_by_trace, load_cruxeval, trace_context
 from cwm.eval.oracle import OracleBackend
 from cwm.eval.run import ResultsLog, TooLong, fit
 from cwm.eval.traces import Case, evaluate_case, run_traces
-from cwm.eval.tracetext import MARKER, context_ids, entry_context, frames_ids
+from cwm.tokenizer.tracetext import MARKER, context_ids, entry_context, frames_ids
 from cwm.trace import trace_call
 
 CONTEXT = 160  # the small tiny model's context: SHORT's trace prompts fit (~70 tokens), LONG's do not (~900)

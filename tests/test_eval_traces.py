@@ -16,7 +16,7 @@ from cwm.backends import Sampling
 from cwm.eval.metrics import aggregate
 from cwm.eval.oracle import OracleBackend, OracleSet
 from cwm.eval.traces import Case, evaluate_case, run_traces
-from cwm.eval.tracetext import MARKER, entry_context, frames_ids
+from cwm.tokenizer.tracetext import MARKER, entry_context, frames_ids
 from cwm.trace import trace_call
 
 PROGRAM = "def g(a, b):\n    return a * b\n\ndef f(x):\n    y = g(x, 2)\n    return y\n"

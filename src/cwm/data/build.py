@@ -32,24 +32,22 @@ import hashlib
 import json
 import os
 import random
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cwm.data import evalsets, harvest, realistic, synth
 from cwm.data.synth import Program
-from cwm.data.tracing import TraceHost, frame_row, sandboxed  # noqa: F401  (frame_row: the frames column's rows)
+from cwm.data.dataset import FORMAT, MANIFEST, DatasetError, read_manifest, read_shard, schema, shard_name
+from cwm.data.tracing import TraceHost, sandboxed
 
-FORMAT = "cwm-dataset-v1"
-MANIFEST = "manifest.json"
 SOURCE_KINDS = ("synth", "real", "dir", "programs", "eval", "code")
 GENERATORS = {"synth": synth, "real": realistic}  # sources whose programs the tasks generate: kind -> module
 COMPRESSION = "zstd"  # of the Parquet shards
 CHUNK = 32  # candidates per task and per sandbox fork: small enough to balance, large enough to amortise the fork
 
 
-class BuildError(ValueError):
+class BuildError(DatasetError):
     """A build that cannot start or resume as asked (the message says what to do)."""
 
 
@@ -295,44 +293,8 @@ def _cut(text: str | None, limit: int = 2000) -> str | None:
     return text if text is None or len(text) <= limit else text[:limit] + "..."
 
 
-def row_to_trace(row: dict):
-    """A record (as read back from a shard) -> cwm.trace.format.Trace."""
-    from cwm.trace.format import Frame, Trace
-
-    frames = [
-        Frame(
-            f["event"], f["lineno"], f["source"], None if f["locals"] is None else {kv["name"]: kv["value"] for kv in f["locals"]},
-            f["value"], f["depth"], tuple(f["rewritten"] or ()),
-        )
-        for f in row["frames"] or []
-    ]
-    return Trace(source=row["context"], entry=row["call"], frames=frames, status=row["status"], return_value=row["return_value"], error=row["error"])
-
-
 # ---------------------------------------------------------------------------------------------
 # Parquet shards and the manifest
-
-
-def schema(kind: str):
-    import pyarrow as pa
-
-    if kind == "code":
-        return pa.schema([("index", pa.int64()), ("id", pa.string()), ("path", pa.string()), ("text", pa.string()), ("num_bytes", pa.int64())])
-    frame = pa.struct([
-        ("event", pa.string()), ("lineno", pa.int32()), ("source", pa.string()),
-        ("locals", pa.list_(pa.struct([("name", pa.string()), ("value", pa.string())]))),
-        ("value", pa.string()), ("depth", pa.int32()), ("rewritten", pa.list_(pa.string())),
-    ])  # fmt: skip
-    return pa.schema([
-        ("index", pa.int64()), ("id", pa.string()), ("origin", pa.string()), ("source", pa.string()),
-        ("call", pa.string()), ("status", pa.string()), ("error", pa.string()), ("return_value", pa.string()),
-        ("num_events", pa.int32()), ("num_bytes", pa.int64()),
-        ("context", pa.string()), ("cwm_text", pa.string()), ("frames", pa.list_(frame)),
-    ])  # fmt: skip
-
-
-def shard_name(number: int) -> str:
-    return f"shard-{number:05d}.parquet"
 
 
 def _write_atomic(path: Path, write) -> None:
@@ -366,45 +328,6 @@ def write_shard(out: Path, number: int, table) -> None:
 
 def write_manifest(out: Path, manifest: dict) -> None:
     _write_atomic(out / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1) + "\n"))
-
-
-def read_manifest(out: str | os.PathLike) -> dict:
-    """A dataset's manifest, checked: anything else (not JSON, not UTF-8, fields of the wrong type,
-    a shard name that is not one) is a BuildError naming the file, never a traceback later."""
-    path = Path(out) / MANIFEST
-    if not path.is_file():
-        raise BuildError(f"{out} is not a dataset (no {MANIFEST}); build one with `cwm data build`")
-    try:
-        manifest = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise BuildError(f"{path}: not a readable JSON manifest ({type(e).__name__}: {e}); rebuild the dataset with `cwm data build`") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else f"a JSON {type(manifest).__name__}"
-        raise BuildError(f"{path}: format {found!r}, expected {FORMAT!r}")
-    shards = manifest.get("shards")
-    problem = (
-        "kind" if manifest.get("kind") not in ("traces", "code")
-        else "params" if not isinstance(manifest.get("params"), dict)
-        else "num_records" if type(manifest.get("num_records")) is not int
-        else "complete" if type(manifest.get("complete")) is not bool
-        else "shards" if not isinstance(shards, dict)
-        or not all(re.fullmatch(r"shard-\d{5}\.parquet", name) and isinstance(e, dict) and type(e.get("rows")) is int for name, e in shards.items())
-        else None
-    )  # fmt: skip
-    if problem:
-        raise BuildError(f"{path}: a damaged manifest (its {problem!r} is missing or of the wrong type); rebuild the dataset with `cwm data build`")
-    return manifest
-
-
-def read_shard(path: Path, columns: list[str] | None = None):
-    """A shard as an Arrow table; a file that is not readable Parquet is a BuildError naming it."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.read_table(path, columns=columns)
-    except (OSError, pa.ArrowException) as e:
-        raise BuildError(f"{path}: not a readable Parquet shard ({e}); delete it and rerun `cwm data build` to write it again") from None
 
 
 def _open_manifest(out: Path, params: BuildParams, num_records: int, counts: dict | None) -> dict:

@@ -47,13 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cwm.data.build import BuildError
+    from cwm.data.dataset import DatasetError  # BuildError is one
     from cwm.data.evalsets import EvaluationOnlyError
     from cwm.data.pack import PackError
 
     try:
         return {"build": _build, "pack": _pack, "stats": _stats}[args.data_verb](args)
-    except (BuildError, EvaluationOnlyError, PackError, FileNotFoundError) as e:
+    except (DatasetError, EvaluationOnlyError, PackError, FileNotFoundError) as e:
         print(f"cwm data {args.data_verb}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

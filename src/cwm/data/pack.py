@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from cwm.data.build import read_manifest, read_shard, row_to_trace
+from cwm.data.dataset import read_manifest, read_shard, row_to_trace
 from cwm.data.packed import PackedWriter
 
 LOSS_MODES = ("frames", "all")
@@ -110,7 +110,7 @@ def trace_document(trace, tok, loss: str = "frames") -> tuple[list[int], list[in
 def io_pair(row: dict) -> tuple[str, str, str] | None:
     """(function code, call, output repr) of a trace record whose call returned, else None.
     A program entered through main() gives the function main wraps and main's call of it."""
-    from cwm.eval.tracetext import ENTRY
+    from cwm.tokenizer.tracetext import ENTRY
     from cwm.trace.format import OK
 
     if row["status"] != OK or row["return_value"] is None:

@@ -15,7 +15,7 @@ Values are small (ints in [-20, 100], mostly [-5, 20]; short words; containers o
 every candidate is traced here, in-process (it is our own code), and kept only if it returns
 within the size's event and byte bounds, so traces fit a 1-2k-token context. Half the programs
 (knob `main`) are entered as the evaluations and the debugger enter: the program plus
-`def main():` returning the call, traced from main (`cwm.eval.tracetext.entry_context`).
+`def main():` returning the call, traced from main (`cwm.tokenizer.tracetext.entry_context`).
 The generator never emits a program of an evaluation set (CruxEval, HumanEval), normalised.
 
 Program i depends only on (seed, i, knobs). Knobs (`real:size=2,main=50`): `size` 1-3 is the
@@ -36,7 +36,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from cwm.data.synth import Program
-from cwm.eval.tracetext import ENTRY, MARKER, entry_context
+from cwm.tokenizer.tracetext import ENTRY, MARKER, entry_context
 from cwm.trace.recorder import PROGRAM
 
 NAMES_FILE = Path(__file__).with_name("names.txt")

@@ -8,7 +8,7 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
-from cwm.data.build import read_manifest, read_shard
+from cwm.data.dataset import read_manifest, read_shard
 from cwm.trace.format import COMPLETE
 
 # The constructs the synthetic generator promises, as AST node kinds (a report lists any missing).

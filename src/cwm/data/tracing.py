@@ -57,6 +57,7 @@ def trace_one(program: tuple[str, str, object], settings: tuple[int, int, float,
 
 def rendered(trace) -> tuple[dict, str | None]:
     """(the record's fields that come from the trace, its CWM text or None if it did not render)."""
+    from cwm.data.dataset import frame_row  # light: the host stays lean
     from cwm.trace.format import COMPLETE, to_cwm_text
 
     fields = {"status": trace.status, "error": trace.error, "return_value": trace.return_value}
@@ -70,13 +71,6 @@ def rendered(trace) -> tuple[dict, str | None]:
     if trace.status in COMPLETE:  # a trace to learn from: returned, or left by an exception
         fields.update(context=trace.source, cwm_text=text, frames=frames)
     return fields, text
-
-
-def frame_row(frame) -> tuple:
-    """A frame as a row of the `frames` column (a tuple in the struct's field order: Arrow takes
-    tuples for structs, and they are cheaper to build and to pickle than dicts)."""
-    locals_ = None if frame.locals is None else tuple(frame.locals.items())
-    return frame.event, frame.lineno, frame.source, locals_, frame.value, frame.depth, tuple(frame.rewritten)
 
 
 def sandboxed(programs: list[tuple[str, str, object]], settings: tuple[int, int, float, bool]):

@@ -93,7 +93,7 @@ def extract_direct_answer(generation: str) -> str:
 
 def trace_context(code: str, input: str) -> str:
     """The program whose trace answers the problem: main() returns f(<input>)."""
-    from cwm.eval.tracetext import entry_context
+    from cwm.tokenizer.tracetext import entry_context
 
     return entry_context(code, f"f({input})")
 
@@ -125,7 +125,7 @@ def answer_by_trace(backend, item: dict, sampling) -> tuple[str | None, dict]:
     """Trace mode: predict main()'s trace up to main's return frame; the answer is its value."""
     from cwm.eval.metrics import output_of
     from cwm.eval.traces import Case, predict_free
-    from cwm.eval.tracetext import entry_frame
+    from cwm.tokenizer.tracetext import entry_frame
 
     context = trace_context(item["code"], item["input"])
     prediction = predict_free(backend, Case(item["id"], context, [entry_frame(context)]), sampling, to_entry_return=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from cwm.data.build import read_manifest, read_shard
+from cwm.data.dataset import rows
 from cwm.data.pack import io_pair, io_prompt
 from cwm.eval.cruxeval import DIRECT_STOP_LINE, check_answer, extract_direct_answer
 
@@ -28,15 +28,13 @@ from cwm.eval.cruxeval import DIRECT_STOP_LINE, check_answer, extract_direct_ans
 def heldout_items(dataset: str | Path, limit: int | None = 200) -> list[dict]:
     """The first `limit` returning programs of a trace dataset, in record order, as
     {id, code, call, output}."""
-    dataset = Path(dataset)
     items = []
-    for name in sorted(read_manifest(dataset)["shards"]):
-        for row in sorted(read_shard(dataset / name).to_pylist(), key=lambda r: r["index"]):
-            pair = io_pair(row)
-            if pair is not None:
-                items.append({"id": row["id"], "code": pair[0], "call": pair[1], "output": pair[2]})
-            if limit is not None and len(items) >= limit:
-                return items
+    for row in rows(dataset):
+        pair = io_pair(row)
+        if pair is not None:
+            items.append({"id": row["id"], "code": pair[0], "call": pair[1], "output": pair[2]})
+        if limit is not None and len(items) >= limit:
+            break
     return items
 
 

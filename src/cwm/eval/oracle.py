@@ -34,7 +34,7 @@ class OracleBackend:
 
     @classmethod
     def from_trace(cls, tokenizer, source: str, frames: list[Frame]) -> "OracleBackend":
-        from cwm.eval.tracetext import context_ids, frames_ids
+        from cwm.tokenizer.tracetext import context_ids, frames_ids
 
         return cls(tokenizer, context_ids(tokenizer, source), frames_ids(tokenizer, source, frames), list(frames))
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cwm.backends import Backend, Sampling
-from cwm.eval import tracetext
+from cwm.tokenizer import tracetext
 from cwm.eval.metrics import TraceScore, score_trace
 from cwm.eval.run import ResultsLog, TooLong, fit, items_to_do, progress
 from cwm.trace.format import RETURN, Frame
@@ -149,23 +149,15 @@ def evaluate_case(backend: Backend, case: Case, mode: str, sampling: Sampling) -
 
 def load_cases(dataset: str | Path, limit: int | None = None) -> list[Case]:
     """Traced programs from a `cwm data build` dataset (its Parquet shards), status ok only."""
-    import pyarrow.parquet as pq
+    from cwm.data.dataset import row_to_trace, rows
 
-    from cwm.data.build import read_manifest, row_to_trace
-
-    dataset = Path(dataset)
-    manifest = read_manifest(dataset)
-    if manifest.get("kind") != "traces":
-        raise ValueError(f"{dataset} holds {manifest.get('kind')!r} records, not traces; build one with `cwm data build`")
     cases = []
-    for shard in sorted(manifest["shards"]):
-        for row in pq.read_table(dataset / shard).to_pylist():
-            if row["status"] != "ok" or not row["frames"]:
-                continue
-            trace = row_to_trace(row)
-            cases.append(Case(row["id"], tracetext.context_of(row["cwm_text"]), trace.frames))
-            if limit is not None and len(cases) >= limit:
-                return cases
+    for row in rows(dataset, kind="traces"):
+        if row["status"] != "ok" or not row["frames"]:
+            continue
+        cases.append(Case(row["id"], tracetext.context_of(row["cwm_text"]), row_to_trace(row).frames))
+        if limit is not None and len(cases) >= limit:
+            break
     return cases
 
 

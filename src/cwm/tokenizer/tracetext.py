@@ -1,4 +1,7 @@
-"""The trace-prediction plumbing shared by the evaluations and the debugger.
+"""The trace-prediction plumbing shared by the data pipeline, the evaluations and the debugger.
+
+It lives in the tokenizer layer (below data, eval and the debugger, above cwm.trace) because it
+turns traces into token ids and model tokens back into frames; see "Layers" in README.md.
 
 Prompts are token ids built by cwm.tokenizer.prompts (from cwm.trace.format's rendering), and
 model output is read back with cwm.trace.format's tolerant parser; this module only joins them
