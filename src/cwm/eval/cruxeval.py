@@ -13,73 +13,12 @@ Two ways to get an answer from a model:
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 
-# The benchmark's 800 problems ship inside the package (MIT; its licence is data/CRUXEVAL_LICENSE).
-DEFAULT_DATA = Path(__file__).resolve().parent / "data" / "cruxeval.jsonl"
+# The benchmark's problems and its direct prompt live in the data layer (the data pipeline
+# decontaminates against them and packs `io` documents in the prompt's format).
+from cwm.data.evalsets import CRUXEVAL as DEFAULT_DATA, DIRECT_STOP, direct_prompt, load_cruxeval  # noqa: F401  (eval's API too)
 
-
-def load_cruxeval(path: str | Path | None = None, limit: int | None = None) -> list[dict]:
-    """The problems as dicts with code, input, output, id (the benchmark's jsonl, one per line).
-
-    Without a path, the copy inside the package."""
-    path = Path(path) if path else DEFAULT_DATA
-    if not path.is_file():
-        raise FileNotFoundError(f"no CruxEval file at {path}: give a cruxeval.jsonl, or leave it out for the packaged copy")
-    items = []
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except ValueError as e:
-                raise ValueError(f"{path}:{number}: not JSON ({e})") from None
-            if not isinstance(item, dict):
-                raise ValueError(f"{path}:{number}: not a JSON object")
-            missing = {"code", "input", "output", "id"} - item.keys()
-            if missing:
-                raise ValueError(f"{path}:{number}: missing fields {sorted(missing)}")
-            items.append(item)
-            if limit is not None and len(items) >= limit:
-                break
-    return items
-
-
-def direct_prompt(code: str, input: str) -> str:
-    """The benchmark's direct output-prediction prompt (cruxeval/prompts.py, make_direct_output_prompt)."""
-    return f"""You are given a Python function and an assertion containing an input to the function. Complete the assertion with a literal (no unsimplified expressions, no function calls) containing the output when executing the provided code on the given input, even if the function is incorrect or incomplete. Do NOT output any extra information. Provide the full assertion with the correct output in [ANSWER] and [/ANSWER] tags, following the examples.
-
-[PYTHON]
-def f(n):
-    return n
-assert f(17) == ??
-[/PYTHON]
-[ANSWER]
-assert f(17) == 17
-[/ANSWER]
-
-[PYTHON]
-def f(s):
-    return s + "a"
-assert f("x9j") == ??
-[/PYTHON]
-[ANSWER]
-assert f("x9j") == "x9ja"
-[/ANSWER]
-
-[PYTHON]
-{code}
-assert f({input}) == ??
-[/PYTHON]
-[ANSWER]
-"""
-
-
-DIRECT_STOP = "[/ANSWER]"
 DIRECT_STOP_LINE = "\n"  # the end of the answer's line (before [/ANSWER])
 
 
