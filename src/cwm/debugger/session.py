@@ -33,9 +33,8 @@ import re
 from dataclasses import dataclass, field
 
 from cwm.backends import Backend, Sampling
+from cwm.eval.metrics import action_of, follow_real, state_of  # eval's public scoring API
 from cwm.tokenizer import tracetext
-from cwm.eval.metrics import action_of, state_of
-from cwm.eval.oracle import follow_real
 from cwm.tokenizer.tracetext import ENTRY, MARKER, entry_context, entry_frame
 from cwm.trace.format import CALL, LINE, RETURN, Frame
 

@@ -10,6 +10,10 @@ Steps are compared two ways: by position (step i against step i) and by sequence
 (difflib over the actions), so one skipped or extra step does not zero everything after it.
 Both divide by the longer of the two traces: a trace is perfect only if it has every step and
 no extra ones. See docs/eval.md for the decisions.
+
+This module is the evaluation's public scoring API: the neural debugger scores and aligns its
+predictions with it too (the one import it makes from cwm.eval; see "Layers" in README.md).
+It needs only cwm.trace.format, so it imports without the compiled tracer.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
-from cwm.trace.format import EXCEPTION, RETURN, Frame
+from cwm.trace.format import CALL, EXCEPTION, RETURN, Frame
 
 START_MARKER = "  # << START_OF_TRACE"
 
@@ -108,4 +112,32 @@ def aggregate(scores: list[TraceScore]) -> dict:
         at_i = [s.step_ok[i] for s in scores if i < len(s.step_ok)]
         by_step.append(sum(at_i) / len(at_i))
     out["accuracy_by_step"] = by_step
+    return out
+
+
+def matching_return(frames: list[Frame], call: int) -> int | None:
+    """Index of the return frame that ends the call at index `call`."""
+    depth = frames[call].depth
+    return next((j for j in range(call + 1, len(frames))
+                 if frames[j].event == RETURN and frames[j].depth == depth), None)
+
+
+def follow_real(real: list[Frame], events: list[str | None]) -> list[int]:
+    """Which real frame each of a sequence of frames (given by their events) stands for.
+
+    Frames follow the real trace one by one, except that a return right after a call, where the
+    real trace goes into the callee's body, stands for that call's own return: the debugger's
+    step over (`next`), which forces <|return_sep|> after a predicted call. An index past the
+    end means the real trace has ended.
+    """
+    out: list[int] = []
+    r = 0
+    for event in events:
+        prev = out[-1] if out else None
+        if (event == RETURN and prev is not None and prev < len(real) and real[prev].event == CALL
+                and r < len(real) and real[r].event != RETURN):
+            ret = matching_return(real, prev)
+            r = ret if ret is not None else r
+        out.append(r)
+        r += 1
     return out

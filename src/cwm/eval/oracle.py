@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cwm.backends import BackendError, Completion, Sampling, encode_prompt, split_stops
-from cwm.trace.format import CALL, RETURN, Frame
+from cwm.eval.metrics import follow_real
+from cwm.trace.format import Frame
 
 
 @dataclass
@@ -66,34 +67,6 @@ class OracleBackend:
         tokens = cut if cut is not None else tokens
         stopped = cut is not None or (bool(tokens) and tokens[-1] in stop_ids)
         return Completion(tokens, self.tokenizer.decode(tokens), "stop" if stopped else "length", len(ids))
-
-
-def matching_return(frames: list[Frame], call: int) -> int | None:
-    """Index of the return frame that ends the call at index `call`."""
-    depth = frames[call].depth
-    return next((j for j in range(call + 1, len(frames))
-                 if frames[j].event == RETURN and frames[j].depth == depth), None)
-
-
-def follow_real(real: list[Frame], events: list[str | None]) -> list[int]:
-    """Which real frame each of a sequence of frames (given by their events) stands for.
-
-    Frames follow the real trace one by one, except that a return right after a call, where the
-    real trace goes into the callee's body, stands for that call's own return: the debugger's
-    step over (`next`), which forces <|return_sep|> after a predicted call. An index past the
-    end means the real trace has ended.
-    """
-    out: list[int] = []
-    r = 0
-    for event in events:
-        prev = out[-1] if out else None
-        if (event == RETURN and prev is not None and prev < len(real) and real[prev].event == CALL
-                and r < len(real) and real[r].event != RETURN):
-            ret = matching_return(real, prev)
-            r = ret if ret is not None else r
-        out.append(r)
-        r += 1
-    return out
 
 
 @dataclass

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cwm.backends import Backend, Sampling
-from cwm.tokenizer import tracetext
 from cwm.eval.metrics import TraceScore, score_trace
 from cwm.eval.run import ResultsLog, TooLong, fit, items_to_do, progress
+from cwm.tokenizer import tracetext
 from cwm.trace.format import RETURN, Frame
 
 MODES = ("teacher", "free")
