@@ -93,8 +93,13 @@ class Workspace:
 
     # -- one-shot commands (grading, file access), cwd ws.root, a fresh sandbox each
     def run(self, command: str | list[str], timeout: float = 600.0, input: str | None = None) -> tuple[int, str]:
-        """(exit code, stdout then stderr); a command killed for a limit gets -1 and the reason appended."""
-        res = self._box.run(command, timeout=timeout, input=input)
+        """(exit code, stdout and stderr merged in order); a command stopped at a limit (timeout,
+        output) gets -1 and a last line naming it."""
+        if isinstance(command, str):
+            argv = ["/bin/sh", "-c", "exec 2>&1\n" + command]
+        else:
+            argv = ["/bin/sh", "-c", 'exec 2>&1; exec "$@"', "sh", *command]
+        res = self._box.run(argv, timeout=timeout, input=input)
         output = res.stdout + res.stderr
         if res.returncode is None or res.status not in ("ok", "exit"):
             return (res.returncode if res.returncode is not None else -1), output + f"\n[{res.status}: {res.error}]"
@@ -124,10 +129,10 @@ class Workspace:
         script = (f"cp .git/index /tmp/index 2>/dev/null; export GIT_INDEX_FILE=/tmp/index; "
                   f"git add -A . && git -c core.quotepath=off diff --cached --no-ext-diff --no-textconv "
                   f"--no-color {self.base_commit}")
-        code, output = self.run(script, timeout=120)
-        if code != 0:
-            raise OSError(f"workspace: git diff failed: {output.strip()}")
-        return output
+        res = self._box.run(script, timeout=120)
+        if not res.ok:
+            raise OSError(f"workspace: git diff failed: {(res.stderr or res.error or '').strip()}")
+        return res.stdout
 
     def reset(self) -> None:
         """Back to the pristine copy: the session and every process are killed, the copy made anew."""

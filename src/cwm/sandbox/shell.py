@@ -6,14 +6,14 @@
     shell.run("cd src && export X=1", timeout=120)  # {"status", "output", "error_type", "exit_code"}
     box.reset(); box.close()
 
-How (root, the normal case): a *holder* process, forked once per copy, makes a mount namespace of
-its own with a tmpfs of `disk_bytes` at /testbed (owned by the box's uid) and copies the source into
-it; then it only waits. Every run of the box (each one-shot command, each bash session) is an
+How (root, the normal case): a helper process, forked once per copy, makes a mount namespace of
+its own with a tmpfs of `workspace_bytes` at /testbed (owned by the box's uid), copies the source
+into it and exits; the box keeps the namespace alive by an open fd of it. Every run of the box (each one-shot command, each bash session) is an
 ordinary cwm.sandbox run (cwm.sandbox.core: PID namespace, no network, rlimits, seccomp, a private
 /tmp, its own uid, everything killed at the end) whose keeper first enters the holder's mount
 namespace, so it sees the same /testbed. So the workspace is bounded in size (a full tmpfs says
-ENOSPC), lives nowhere on the host's disk, outlives a killed bash session, and vanishes with the
-holder. The box's uid is 200000 + the id of a thread that the box keeps asleep for its lifetime:
+ENOSPC), lives nowhere on the host's disk, outlives a killed bash session, and vanishes when the
+box closes (or this process ends). The box's uid is 200000 + the id of a thread that the box keeps asleep for its lifetime:
 like core's per-thread uid, unique among live sandboxes, and never shared with another episode.
 
 Without root (a developer's laptop) there is no holder: the copy stays in a host temp dir, which
@@ -297,7 +297,10 @@ _PR_SET_PDEATHSIG = 1
 
 
 class _Holder:
-    """A process that holds a mount namespace with a tmpfs at `path` holding a copy of `source`."""
+    """The workspace's mount namespace, with a tmpfs at `path` holding a copy of `source`.
+
+    A forked helper makes the namespace, mounts and fills the tmpfs, and exits; an open fd of the
+    namespace keeps it (and the tmpfs) alive until close(), or until this process ends."""
 
     def __init__(self, source: str, path: str, uid: int, size: int):
         ready_r, ready_w = os.pipe()
@@ -306,26 +309,22 @@ class _Holder:
         if pid == 0:  # never returns
             _hold(source, path, uid, size, ready_w, hold_r)
         os.close(ready_w), os.close(hold_r)
-        self.pid, self._hold_w = pid, hold_w
-        with os.fdopen(ready_r, "rb") as f:
-            answer = f.read().decode(errors="replace")
-        if answer != "ok":
-            self.close()
-            raise OSError(f"cwm sandbox: cannot set up the workspace at {path}: {answer or 'the holder died'}")
-        self.ns_fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        self.ns_fd: int | None = None
+        try:
+            with os.fdopen(ready_r, "rb") as f:
+                answer = f.read(4096).decode(errors="replace")
+            if answer == "ok":
+                self.ns_fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        finally:
+            os.close(hold_w)  # the helper's cue to exit
+            os.waitpid(pid, 0)
+        if self.ns_fd is None:
+            raise OSError(f"cwm sandbox: cannot set up the workspace at {path}: {answer or 'the helper died'}")
 
     def close(self) -> None:
-        if getattr(self, "ns_fd", None) is not None:
+        if self.ns_fd is not None:
             os.close(self.ns_fd)
             self.ns_fd = None
-        if self.pid:
-            os.close(self._hold_w)
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            os.waitpid(self.pid, 0)
-            self.pid = 0
 
 
 def _hold(source: str, path: str, uid: int, size: int, ready_w: int, hold_r: int) -> None:
@@ -344,7 +343,7 @@ def _hold(source: str, path: str, uid: int, size: int, ready_w: int, hold_r: int
                 os.chown(os.path.join(dirpath, name), uid, uid, follow_symlinks=False)
         os.write(3, b"ok")
         os.close(3)
-        os.read(4, 1)  # until the box closes its end (or kills us)
+        os.read(4, 1)  # until the box has opened our namespace
     except BaseException as e:
         try:
             os.write(3, f"{type(e).__name__}: {e}".encode())
