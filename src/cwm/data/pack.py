@@ -123,10 +123,10 @@ def io_pair(row: dict) -> tuple[str, str, str] | None:
 
 
 def io_prompt(code: str, call: str) -> str:
-    """The problem of CruxEval's direct prompt (cruxeval.direct_prompt, without its instruction and
+    """The problem of CruxEval's direct prompt (evalsets.direct_prompt, without its instruction and
     two solved examples) asking for `call`, whatever the function's name:
     `[PYTHON]\\n<code>\\nassert <call> == ??\\n[/PYTHON]\\n[ANSWER]\\n`."""
-    from cwm.eval.cruxeval import direct_prompt
+    from cwm.data.evalsets import direct_prompt
 
     header = direct_prompt("\1", "\0").split("\1")[0].rpartition("[PYTHON]\n")[0]
     problem = direct_prompt(code, "\0")[len(header):]
@@ -137,7 +137,7 @@ def io_prompt(code: str, call: str) -> str:
 def io_document(code: str, call: str, output: str, tok) -> tuple[list[int], list[int]]:
     """<|begin_of_text|> io_prompt (not learned), then `assert call == output\\n[/ANSWER]` and
     <|end_of_text|> (learned): encoded in two parts, as an evaluation encodes the prompt alone."""
-    from cwm.eval.cruxeval import DIRECT_STOP
+    from cwm.data.evalsets import DIRECT_STOP
 
     prompt = tok.encode(io_prompt(code, call))
     answer = tok.encode(f"assert {call} == {output}\n{DIRECT_STOP}")
