@@ -75,6 +75,13 @@ def test_the_copy_is_at_testbed_and_the_session_persists(ws, repo):
     assert (repo / "calc.py").read_text() == SOURCE["calc.py"] and not (repo / "s.txt").exists()
 
 
+def test_a_long_command_that_prints_much_first_does_not_block(ws):
+    # bash reads the command as it runs it: its output must be read while the rest is written
+    filler = "\n".join(f"# filler {i} " + "x" * 100 for i in range(2000))  # 200 KB, past a pipe's buffer
+    out = ws.bash("head -c 300000 /dev/zero | tr '\\0' a; echo\n" + filler + "\necho end")
+    assert out == "a" * 300000 + "\nend\n"
+
+
 def test_timeout_and_restart_texts(ws):
     # cwm/rl/swerl/tools.py: bash_feedback_default
     assert SESSION_RESTARTED == " A fresh session has started with the current working directory reset to default."

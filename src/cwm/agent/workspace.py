@@ -277,6 +277,7 @@ class _DockerShell(Shell):
         self._stdin = self._proc.stdin.fileno()
         self._fds = {"stdout": self._proc.stdout.fileno()}
         os.set_blocking(self._fds["stdout"], False)
+        os.set_blocking(self._stdin, False)
         self._communicate(f"cd {self.root}", self.timeout)
 
     def stop(self) -> None:

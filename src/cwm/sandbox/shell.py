@@ -183,7 +183,7 @@ class Shell:
         keeper, _, fds, stdin = _launch(self.box.limits, job, self.box.uid)
         self._keeper, self._fds, self._stdin = keeper, fds, stdin
         os.close(fds.pop("result"))  # the runner only writes there if bash could not be started
-        for fd in fds.values():
+        for fd in [*fds.values(), stdin]:
             os.set_blocking(fd, False)
         # merged output as the release's stderr=STDOUT; then the release's start script ends with `cd {work_dir}`
         script = f"exec 2>&1\n{self.start_script}\ncd {self.box.root}" if self.start_script else \
@@ -217,29 +217,38 @@ class Shell:
         return out
 
     def _communicate(self, command: str, timeout: float) -> ShellOutput:
-        if self._keeper is None:
+        if self._keeper is None or self._stdin is None:
             return ShellOutput(status="error", output="", error_type="exit", exit_code=-1)
         text = command.rstrip() + "\n" + '__EXIT_CODE__=$?\necho "<<exit>$((1))$__EXIT_CODE__"\n'
-        try:
-            _write_all(self._stdin, text.encode())
-        except BrokenPipeError as e:
-            return ShellOutput(status="error", output=str(e), error_type="broken_pipe", exit_code=-1)
+        pending = memoryview(text.encode())
         buffer, deadline = bytearray(), time.monotonic() + timeout
         sel = selectors.DefaultSelector()
         for name, fd in self._fds.items():
             sel.register(fd, selectors.EVENT_READ, name)
+        # the command is written as bash takes it, while its output is read: a long command whose
+        # first lines print much cannot block both sides on full pipes
+        sel.register(self._stdin, selectors.EVENT_WRITE, "stdin")
         try:
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return ShellOutput(status="error", output=buffer.decode(errors="ignore"),
                                        error_type="timeout", exit_code=-1)
-                events = sel.select(left)
-                for key, _ in events:
+                for key, _ in sel.select(left):
+                    if key.data == "stdin":
+                        try:
+                            pending = pending[os.write(key.fd, pending[: 1 << 16]):]
+                        except BlockingIOError:
+                            continue
+                        except BrokenPipeError as e:
+                            return ShellOutput(status="error", output=str(e), error_type="broken_pipe", exit_code=-1)
+                        if not pending:
+                            sel.unregister(key.fd)
+                        continue
                     chunk = os.read(key.fd, 1 << 16)
                     if not chunk:
                         sel.unregister(key.fd)
-                        if key.data == "status" or not sel.get_map():  # the keeper (or bash) is gone
+                        if key.data == "status" or not set(_names(sel)) - {"stdin"}:  # the keeper or bash is gone
                             return ShellOutput(status="error", output=buffer.decode(errors="ignore"),
                                                error_type="exit", exit_code=-1)
                         continue
@@ -249,7 +258,7 @@ class Shell:
                     return ShellOutput(status="error", output=buffer.decode(errors="ignore"),
                                        error_type="too_long", exit_code=-1)
                 at = buffer.rfind(SESSION_SENTINEL.encode())
-                if at != -1:
+                if at != -1 and not pending:
                     match = _SENTINEL_LINE.match(buffer, at)
                     if match:
                         code = int(match.group(1)) if match.group(1) else -1
@@ -259,15 +268,8 @@ class Shell:
             sel.close()
 
 
-def _write_all(fd: int | None, data: bytes) -> None:
-    if fd is None:
-        raise BrokenPipeError("the session has no stdin")
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view):]
-        except BlockingIOError:
-            time.sleep(0.001)
+def _names(sel: selectors.BaseSelector) -> list[str]:
+    return [key.data for key in sel.get_map().values()]
 
 
 class _UidLease:
