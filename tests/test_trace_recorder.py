@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cwm.trace import CALL, EXCEPTION, LINE, RETURN, TraceError, to_cwm_text, trace_call, trace_entry, trace_script
-from cwm.trace.format import frame_nbytes, outcome, written_locals
+from cwm.trace.format import outcome, written_locals
 
 
 def events(trace):
@@ -180,19 +180,6 @@ def test_event_limit_size_limit_and_timeout_stop_with_a_status():
     assert t.status == "size_limit" and 1900 < len(to_cwm_text(t).encode()) + len("<|end_of_text|>") <= 2000
     t = trace_call("def f():\n    while True:\n        pass\n", "f()", timeout=0.2, max_events=10**9, max_bytes=10**12)
     assert t.status == "timeout" and len(t.frames) > 10
-
-
-def test_byte_accounting_matches_the_rendered_text():
-    t = trace_call("def f(s):\n    t = s + 'é\\n<|frame_sep|>'\n    return t\n", "f('x')")
-    total = len(to_cwm_text(t).encode()) - len(to_cwm_text(type(t)(t.source, "", [])).encode()) - len("<|end_of_text|>")
-    previous = {}
-    sizes = []
-    for f in t.frames:
-        written = written_locals(f, previous.get(f.depth)) if f.event == LINE else f.locals
-        if f.locals is not None:
-            previous[f.depth] = f.locals
-        sizes.append(frame_nbytes(f, written))
-    assert sum(sizes) == total
 
 
 def test_growing_list_is_truncated_but_changes_in_the_hidden_part_are_written():

@@ -59,12 +59,12 @@ scalars = st.one_of(
 def test_a_list_or_dict_that_grew_extends_its_text_exactly(head, tail, limit):
     r = ValueRenderer(limit)
     for value, more in ((list(head), tail), (dict(enumerate(head)), {len(head) + k: v for k, v in enumerate(tail)})):
-        seen, how = r.track(value, None)
-        assert how == CHANGED and seen[2] == r.render(value)[0]
+        seen = r.track(value, None)
+        assert seen.how == CHANGED and seen.text == r.render(value)[0]
         value.update(more) if type(value) is dict else value.extend(more)
-        now, how = r.track(value, seen)
+        now = r.track(value, seen)
         text, truncated = r.render(value)
-        assert now[2] == text and now[3] == len(json.dumps(text))
+        assert now.text == text and now.nbytes == len(json.dumps(text))
         # a grown value always changed: written in full, as CHANGED (new text) or REWRITTEN (same cut text)
-        assert how == (SAME if not more else CHANGED if text != seen[2] else REWRITTEN)
-        assert truncated or how != REWRITTEN
+        assert now.how == (SAME if not more else CHANGED if text != seen.text else REWRITTEN)
+        assert truncated or now.how != REWRITTEN

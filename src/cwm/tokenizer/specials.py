@@ -6,29 +6,25 @@ is 128000 + k for the Llama-3 vocabulary. The named ones below are the release's
 offset k is `<|reserved_special_token_k|>`, numbered by its offset (CWM's convention, not
 Llama-3's, whose reserved counter skips the named tokens). See docs/tokenizer.md.
 
-This module imports nothing, so the tracer and the CLI can use it for free.
+The strings a trace is written with are spelled in cwm.trace.tokens (the layer below) and only
+imported here; this module imports nothing else.
 """
 
 from __future__ import annotations
 
+from cwm.trace.tokens import (
+    ACTION_SEP, ARG_SEP, BEGIN_OF_TEXT, CALL_SEP, END_OF_TEXT, EXCEPTION_SEP, FRAME_SEP, LINE_SEP, RETURN_SEP,
+    TRACE_CONTEXT_START,
+)  # fmt: skip
+
 NUM_SPECIAL_TOKENS = 256
 RELEASE_SPECIAL_BASE = 128000  # ordinary ranks in the release's Llama-3 vocabulary
 
-BEGIN_OF_TEXT = "<|begin_of_text|>"
-END_OF_TEXT = "<|end_of_text|>"  # also ends a trace
 PAD = "<|pad|>"
 START_HEADER = "<|start_header_id|>"
 END_HEADER = "<|end_header_id|>"
 EOM = "<|eom_id|>"
 EOT = "<|eot_id|>"  # ends a chat turn
-FRAME_SEP = "<|frame_sep|>"
-ACTION_SEP = "<|action_sep|>"
-RETURN_SEP = "<|return_sep|>"
-CALL_SEP = "<|call_sep|>"
-LINE_SEP = "<|line_sep|>"
-EXCEPTION_SEP = "<|exception_sep|>"
-ARG_SEP = "<|arg_sep|>"
-TRACE_CONTEXT_START = "<|trace_context_start|>"
 THINKING_START = "<|reasoning_thinking_start|>"
 THINKING_END = "<|reasoning_thinking_end|>"
 

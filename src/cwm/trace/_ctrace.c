@@ -8,9 +8,13 @@
  *     return and exception events of frames other than the innermost traced one (a pointer test);
  *   - records call, line, return and exception frames with the semantics of sys.settrace: a
  *     local that is the same object as before (and, for a list or dict snapshot, holds the same
- *     items) keeps its text and is written ".."; a number is rendered here; any other value goes
- *     to values.ValueRenderer.track (or .render for a return value), in Python;
+ *     items) keeps its text and is written ".."; a number or a short string is rendered here;
+ *     any other value goes to values.ValueRenderer.track (or .text for a return value), in Python;
  *   - counts the bytes of every frame's text as it goes, without writing it (the size limit).
+ * The contract with Python is by name, never by position: the module exports what both sides
+ * must agree on (EVENTS, SAME/CHANGED/REWRITTEN, FRAME_FIELDS, the Tracked type; see
+ * tests/test_trace_contract.py); what a scope remembers of a local is a `Tracked` (a struct
+ * sequence: named fields), made here or by values.py.
  * Past a limit, recorder.py's check_limits sets the status and raises the recorder's stop signal.
  * Any other exception raised here (a bug, or the recursion limit) is kept in `failure`,
  * recording ends (`done`), and the stop signal is raised in the program instead.
@@ -21,12 +25,37 @@
 #include <structmember.h>
 #include <time.h>
 
-enum { SAME, CHANGED, REWRITTEN }; /* values.SAME, CHANGED, REWRITTEN */
+/* How a local changed since the scope's previous frame (exported; values.py imports them). */
+enum { SAME, CHANGED, REWRITTEN };
+/* Event kinds, in the order of EVENT_SPELLINGS (exported as EVENTS; equal to cwm.trace.tokens.EVENTS). */
 enum { CALL_, LINE_, RETURN_, EXCEPTION_, NEVENTS };
+static const char *EVENT_SPELLINGS[NEVENTS] = {"call", "line", "return", "exception"};
+
+/* What a scope remembers of a local: a Tracked (named fields, exported). */
+enum { TRACKED_VALUE, TRACKED_ITEMS, TRACKED_TEXT, TRACKED_NBYTES, TRACKED_FINGERPRINT, TRACKED_HOW, NTRACKED };
+static PyStructSequence_Field tracked_fields[] = {
+    {"value", "the object itself when identity vouches for its text, else values.UNKEPT"},
+    {"items", "the shallow copy of a list or dict while `value` holds its very items, else None"},
+    {"text", "the value's text (its bounded repr)"},
+    {"nbytes", "the length of the text as a JSON string: the bytes it takes in a trace"},
+    {"fingerprint", "None when the text is not truncated, else a digest of the whole value (see values.py)"},
+    {"how", "SAME, CHANGED or REWRITTEN: how the value compares with what the scope remembered before"},
+    {NULL, NULL},
+};
+static PyStructSequence_Desc tracked_desc = {
+    "cwm.trace._ctrace.Tracked", "What a scope remembers of a local (values.ValueRenderer.track).", tracked_fields,
+    NTRACKED,
+};
+static PyTypeObject *TrackedType;
+#define TRACKED(t, field) PyStructSequence_GET_ITEM((t), TRACKED_##field)
+
+/* The fields of format.Frame, set by name (exported as FRAME_FIELDS). */
+enum { NFRAME_FIELDS = 7 };
+static const char *FRAME_FIELDS[NFRAME_FIELDS] = {"event", "lineno", "source", "locals", "value", "depth", "rewritten"};
 
 typedef struct {
     PyObject *frame;   /* the traced frame object */
-    PyObject *seen_of; /* dict: local name -> what values.track remembers of it (a 5-tuple) */
+    PyObject *seen_of; /* dict: local name -> what the scope remembers of it (a Tracked) */
     Py_ssize_t unchanged_nbytes; /* bytes of its locals when all are written "..", less 2 for "{}" */
     int is_module;     /* a whole script's module scope: definitions and dunders are not state */
 } Scope;
@@ -39,8 +68,8 @@ typedef struct {
     Py_ssize_t *fixed[NEVENTS]; /* bytes of a frame's text besides its locals or value, by line number */
     Py_ssize_t nlines;
     PyObject *frame_type;   /* format.Frame */
-    Py_ssize_t frame_slots[7]; /* offsets of its fields' slots, in FRAME_FIELDS order */
-    PyObject *track, *render; /* values.ValueRenderer's */
+    Py_ssize_t frame_slots[NFRAME_FIELDS]; /* offsets of its fields' slots, in FRAME_FIELDS order */
+    PyObject *track, *text; /* values.ValueRenderer's */
     PyObject *definitions;  /* types that are program structure, not state (module scopes) */
     PyObject *is_entry;     /* frame -> bool: does this call start the trace? */
     PyObject *def_line;     /* code -> the line number a call of it shows (its def line) */
@@ -89,7 +118,6 @@ set_trace_ours(Py_tracefunc func, PyObject *obj)
     own_settrace = 0;
 }
 static PyObject *json_str; /* json's encode_basestring_ascii: a str as a JSON string, in C */
-static const char *FRAME_FIELDS[7] = {"event", "lineno", "source", "locals", "value", "depth", "rewritten"};
 
 /* -- helpers --------------------------------------------------------------------------------- */
 
@@ -204,9 +232,9 @@ record(Tracer *self, int event, int lineno, PyObject *locals, PyObject *value, P
     PyTypeObject *type = (PyTypeObject *)self->frame_type;
     PyObject *frame = number && depth ? type->tp_alloc(type, 0) : NULL;
     if (frame != NULL) {
-        PyObject *fields[7] = {EVENT_NAMES[event], number, PyList_GET_ITEM(self->source_of, lineno), locals, value,
-                               depth, rewritten};
-        for (int i = 0; i < 7; i++)
+        PyObject *fields[NFRAME_FIELDS] = {EVENT_NAMES[event], number, PyList_GET_ITEM(self->source_of, lineno),
+                                           locals, value, depth, rewritten};
+        for (int i = 0; i < NFRAME_FIELDS; i++)
             *(PyObject **)((char *)frame + self->frame_slots[i]) = Py_NewRef(fields[i]);
     }
     Py_XDECREF(number);
@@ -218,12 +246,12 @@ record(Tracer *self, int event, int lineno, PyObject *locals, PyObject *value, P
     return status;
 }
 
-/* values.ValueRenderer.track's first case, in C: a number or a string of at most `limit`
- * characters whose repr is at most `limit` characters. Returns a new reference to what a scope
- * remembers of it (value, None, text, nbytes, None), or NULL: not this case (no exception set),
- * or an exception. */
+/* The fast path of tracking a value, here only (values.ValueRenderer.track does the rest): a
+ * number or a string of at most `limit` characters whose repr is at most `limit` characters.
+ * Returns a new reference to its Tracked (how: against `seen`, what the scope remembered before,
+ * or NULL), or NULL: not this case (no exception set), or an exception. */
 static PyObject *
-track_first_case(PyObject *value, Py_ssize_t limit)
+track_first_case(PyObject *value, Py_ssize_t limit, PyObject *seen)
 {
     int is_str = PyUnicode_CheckExact(value);
     if (!(is_str ? PyUnicode_GET_LENGTH(value) <= limit : is_quick(value)))
@@ -252,34 +280,46 @@ track_first_case(PyObject *value, Py_ssize_t limit)
                 nbytes += c[i] == '"' || c[i] == '\\';
         }
     }
-    PyObject *size = PyLong_FromSsize_t(nbytes);
-    PyObject *tracked = size ? PyTuple_Pack(5, value, Py_None, text, size, Py_None) : NULL;
+    int same = seen != NULL && PyUnicode_Compare(text, TRACKED(seen, TEXT)) == 0;
+    PyObject *size = PyLong_FromSsize_t(nbytes), *how = PyLong_FromLong(same ? SAME : CHANGED);
+    PyObject *tracked = size && how ? PyStructSequence_New(TrackedType) : NULL;
+    if (tracked != NULL) {
+        PyObject *fields[NTRACKED] = {value, Py_None, text, size, Py_None, how};
+        for (int i = 0; i < NTRACKED; i++)
+            PyStructSequence_SET_ITEM(tracked, i, Py_NewRef(fields[i]));
+    }
     Py_XDECREF(size);
+    Py_XDECREF(how);
     Py_DECREF(text);
     return tracked;
 }
 
-/* What a scope remembers of a value, as values.ValueRenderer.track: a new reference to the
- * 5-tuple, with *how SAME, CHANGED or REWRITTEN. */
+/* What a scope remembers of a value: a new reference to its Tracked, with *how its `how`. */
 static PyObject *
 track(Tracer *self, PyObject *value, PyObject *seen, int *how)
 {
-    PyObject *tracked = track_first_case(value, self->limit);
-    if (tracked != NULL) {
-        int same = seen != NULL && PyUnicode_Compare(PyTuple_GET_ITEM(tracked, 2), PyTuple_GET_ITEM(seen, 2)) == 0;
-        *how = same ? SAME : CHANGED;
-        return tracked;
+    PyObject *tracked = track_first_case(value, self->limit, seen);
+    if (tracked == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_XINCREF(seen); /* track may run user code, which may change what holds seen */
+        tracked = PyObject_CallFunctionObjArgs(self->track, value, seen ? seen : Py_None, NULL);
+        Py_XDECREF(seen);
+        if (tracked == NULL)
+            return NULL;
+        if (!Py_IS_TYPE(tracked, TrackedType)) {
+            PyErr_Format(PyExc_TypeError, "track must return a _ctrace.Tracked, not %.100s", Py_TYPE(tracked)->tp_name);
+            Py_DECREF(tracked);
+            return NULL;
+        }
     }
-    if (PyErr_Occurred())
+    *how = (int)PyLong_AsLong(TRACKED(tracked, HOW));
+    if (*how < SAME || *how > REWRITTEN) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_ValueError, "Tracked.how is %d, not SAME, CHANGED or REWRITTEN", *how);
+        Py_DECREF(tracked);
         return NULL;
-    Py_XINCREF(seen); /* track may run user code, which may change what holds seen */
-    PyObject *result = PyObject_CallFunctionObjArgs(self->track, value, seen ? seen : Py_None, NULL);
-    Py_XDECREF(seen);
-    if (result == NULL)
-        return NULL;
-    tracked = Py_NewRef(PyTuple_GET_ITEM(result, 0));
-    *how = (int)PyLong_AsLong(PyTuple_GET_ITEM(result, 1));
-    Py_DECREF(result);
+    }
     return tracked;
 }
 
@@ -312,11 +352,11 @@ line_local(Tracer *self, Scope *scope, PyObject *texts, PyObject *name, PyObject
     if (seen == NULL && PyErr_Occurred())
         return -1;
     if (seen != NULL) {
-        PyObject *items = PyTuple_GET_ITEM(seen, 1);
-        if (PyTuple_GET_ITEM(seen, 0) == value && (items == Py_None || same_items(value, items))) {
+        PyObject *items = TRACKED(seen, ITEMS);
+        if (TRACKED(seen, VALUE) == value && (items == Py_None || same_items(value, items))) {
             if (full) /* unchanged, but written in full */
-                *size += PyLong_AsSsize_t(PyTuple_GET_ITEM(seen, 3)) - self->unchanged_len;
-            return PyDict_SetItem(texts, name, PyTuple_GET_ITEM(seen, 2)); /* unchanged: ".." */
+                *size += PyLong_AsSsize_t(TRACKED(seen, NBYTES)) - self->unchanged_len;
+            return PyDict_SetItem(texts, name, TRACKED(seen, TEXT)); /* unchanged: ".." */
         }
     }
     else if (is_hidden(name))
@@ -332,10 +372,10 @@ line_local(Tracer *self, Scope *scope, PyObject *texts, PyObject *name, PyObject
     if (tracked == NULL)
         return -1;
     int status = -1;
-    if (PyDict_SetItem(scope->seen_of, name, tracked) < 0 || PyDict_SetItem(texts, name, PyTuple_GET_ITEM(tracked, 2)) < 0)
+    if (PyDict_SetItem(scope->seen_of, name, tracked) < 0 || PyDict_SetItem(texts, name, TRACKED(tracked, TEXT)) < 0)
         goto done;
     if (how != SAME || full)
-        *size += PyLong_AsSsize_t(PyTuple_GET_ITEM(tracked, 3)) - self->unchanged_len;
+        *size += PyLong_AsSsize_t(TRACKED(tracked, NBYTES)) - self->unchanged_len;
     if (how == REWRITTEN) {
         if (*rewritten == NULL && (*rewritten = PyList_New(0)) == NULL)
             goto done;
@@ -531,10 +571,10 @@ on_call(Tracer *self, PyFrameObject *frame, PyCodeObject *code)
         PyObject *tracked = track(self, value, NULL, &how);
         Py_ssize_t n = tracked ? unchanged_bytes_of(self, name) : -1;
         int r = n < 0 || PyDict_SetItem(seen_of, name, tracked) < 0
-                || PyDict_SetItem(texts, name, PyTuple_GET_ITEM(tracked, 2)) < 0;
+                || PyDict_SetItem(texts, name, TRACKED(tracked, TEXT)) < 0;
         if (!r) {
             unchanged_nbytes += n;
-            size += PyLong_AsSsize_t(PyTuple_GET_ITEM(tracked, 3)) - self->unchanged_len;
+            size += PyLong_AsSsize_t(TRACKED(tracked, NBYTES)) - self->unchanged_len;
         }
         Py_XDECREF(tracked);
         Py_DECREF(name);
@@ -585,21 +625,24 @@ on_leave(Tracer *self, PyFrameObject *frame, int event, PyObject *value)
     int lineno = line_number(self, frame);
     if (lineno < 0)
         return -1;
-    PyObject *text, *tracked = track_first_case(value, self->limit);
+    PyObject *text, *tracked = track_first_case(value, self->limit, NULL);
     Py_ssize_t size = self->fixed[event][lineno];
     if (tracked != NULL) { /* a number or a short string */
-        text = Py_NewRef(PyTuple_GET_ITEM(tracked, 2));
-        size += PyLong_AsSsize_t(PyTuple_GET_ITEM(tracked, 3));
+        text = Py_NewRef(TRACKED(tracked, TEXT));
+        size += PyLong_AsSsize_t(TRACKED(tracked, NBYTES));
         Py_DECREF(tracked);
     }
     else {
         if (PyErr_Occurred())
             return -1;
-        PyObject *rendered = PyObject_CallOneArg(self->render, value); /* (text, truncated) */
-        if (rendered == NULL)
+        text = PyObject_CallOneArg(self->text, value); /* its text: a str */
+        if (text == NULL)
             return -1;
-        text = Py_NewRef(PyTuple_GET_ITEM(rendered, 0));
-        Py_DECREF(rendered);
+        if (!PyUnicode_Check(text)) {
+            PyErr_Format(PyExc_TypeError, "text must return a str, not %.100s", Py_TYPE(text)->tp_name);
+            Py_DECREF(text);
+            return -1;
+        }
         PyObject *quoted = PyObject_CallOneArg(json_str, text);
         if (quoted == NULL) {
             Py_DECREF(text);
@@ -673,6 +716,11 @@ trace(PyObject *obj, PyFrameObject *frame, int what, PyObject *arg)
 static Py_ssize_t *
 as_sizes(PyObject *list, Py_ssize_t n)
 {
+    if (list == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "fixed: a dict with a list for each of EVENTS");
+        return NULL;
+    }
     if (!PyList_Check(list) || PyList_GET_SIZE(list) != n) {
         PyErr_SetString(PyExc_ValueError, "fixed: a list per event, with an item per line number (as source_of)");
         return NULL;
@@ -695,9 +743,10 @@ as_sizes(PyObject *list, Py_ssize_t n)
 static int
 Tracer_init(Tracer *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"frames", "source_of", "fixed", "frame_type", "track", "render", "definitions", "is_entry", "def_line", "check_limits", "filename", "stop", "limit",
-                             "max_events", "max_bytes", "unchanged_len", "nbytes", "timeout", "whole_module", NULL};
-    PyObject *frames, *source_of, *fixed, *frame_type, *track, *render, *definitions, *is_entry, *def_line,
+    static char *kwlist[] = {"frames", "source_of", "fixed", "frame_type", "track", "text", "definitions", "is_entry",
+                             "def_line", "check_limits", "filename", "stop", "limit", "max_events", "max_bytes",
+                             "unchanged_len", "nbytes", "timeout", "whole_module", NULL};
+    PyObject *frames, *source_of, *fixed, *frame_type, *track, *text, *definitions, *is_entry, *def_line,
         *check, *filename, *stop;
     Py_ssize_t limit, max_events, max_bytes, unchanged_len, nbytes;
     double timeout;
@@ -707,23 +756,23 @@ Tracer_init(Tracer *self, PyObject *args, PyObject *kwds)
         return -1;
     }
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "$O!O!O!OOOOOOOUOnnnnndp", kwlist, &PyList_Type, &frames,
-                                     &PyList_Type, &source_of, &PyTuple_Type, &fixed, &frame_type, &track, &render,
+                                     &PyList_Type, &source_of, &PyDict_Type, &fixed, &frame_type, &track, &text,
                                      &definitions, &is_entry, &def_line, &check, &filename, &stop, &limit,
                                      &max_events, &max_bytes, &unchanged_len, &nbytes, &timeout, &whole_module))
         return -1;
-    if (PyTuple_GET_SIZE(fixed) != NEVENTS) {
-        PyErr_SetString(PyExc_ValueError, "fixed: a list per event (call, line, return, exception)");
+    if (PyDict_GET_SIZE(fixed) != NEVENTS) {
+        PyErr_SetString(PyExc_ValueError, "fixed: a dict with a list for each of EVENTS, and nothing else");
         return -1;
     }
     self->nlines = PyList_GET_SIZE(source_of);
     for (int e = 0; e < NEVENTS; e++)
-        if ((self->fixed[e] = as_sizes(PyTuple_GET_ITEM(fixed, e), self->nlines)) == NULL)
+        if ((self->fixed[e] = as_sizes(PyDict_GetItemWithError(fixed, EVENT_NAMES[e]), self->nlines)) == NULL)
             return -1;
     if (!PyType_Check(frame_type)) {
         PyErr_SetString(PyExc_TypeError, "frame_type must be format.Frame");
         return -1;
     }
-    for (int i = 0; i < 7; i++) {
+    for (int i = 0; i < NFRAME_FIELDS; i++) {
         PyObject *slot = PyObject_GetAttrString(frame_type, FRAME_FIELDS[i]);
         if (slot == NULL)
             return -1;
@@ -743,7 +792,7 @@ Tracer_init(Tracer *self, PyObject *args, PyObject *kwds)
     self->source_of = Py_NewRef(source_of);
     self->frame_type = Py_NewRef(frame_type);
     self->track = Py_NewRef(track);
-    self->render = Py_NewRef(render);
+    self->text = Py_NewRef(text);
     self->definitions = Py_NewRef(definitions);
     self->is_entry = Py_NewRef(is_entry);
     self->def_line = Py_NewRef(def_line);
@@ -774,7 +823,7 @@ Tracer_traverse(Tracer *self, visitproc visit, void *arg)
     Py_VISIT(self->source_of);
     Py_VISIT(self->frame_type);
     Py_VISIT(self->track);
-    Py_VISIT(self->render);
+    Py_VISIT(self->text);
     Py_VISIT(self->definitions);
     Py_VISIT(self->is_entry);
     Py_VISIT(self->def_line);
@@ -797,7 +846,7 @@ Tracer_clear(Tracer *self)
     Py_CLEAR(self->source_of);
     Py_CLEAR(self->frame_type);
     Py_CLEAR(self->track);
-    Py_CLEAR(self->render);
+    Py_CLEAR(self->text);
     Py_CLEAR(self->definitions);
     Py_CLEAR(self->is_entry);
     Py_CLEAR(self->def_line);
@@ -889,15 +938,48 @@ static struct PyModuleDef module = {
     .m_doc = "The tracer's trace function, in C (see recorder.py).", .m_size = -1, .m_methods = module_functions,
 };
 
+/* A tuple of str from C strings, for the module's exports. */
+static PyObject *
+str_tuple(const char **strings, int n)
+{
+    PyObject *t = PyTuple_New(n);
+    for (int i = 0; t != NULL && i < n; i++) {
+        PyObject *s = PyUnicode_InternFromString(strings[i]);
+        if (s == NULL)
+            Py_CLEAR(t);
+        else
+            PyTuple_SET_ITEM(t, i, s);
+    }
+    return t;
+}
+
+/* The module's exports besides Tracer and starts_with: what C and Python must agree on. */
+static int
+add_contract(PyObject *m)
+{
+    PyObject *events = str_tuple(EVENT_SPELLINGS, NEVENTS), *fields = str_tuple(FRAME_FIELDS, NFRAME_FIELDS);
+    int status = -1;
+    if (events != NULL && fields != NULL && PyModule_AddObjectRef(m, "EVENTS", events) == 0
+        && PyModule_AddObjectRef(m, "FRAME_FIELDS", fields) == 0 && PyModule_AddIntConstant(m, "SAME", SAME) == 0
+        && PyModule_AddIntConstant(m, "CHANGED", CHANGED) == 0
+        && PyModule_AddIntConstant(m, "REWRITTEN", REWRITTEN) == 0
+        && PyModule_AddObjectRef(m, "Tracked", (PyObject *)TrackedType) == 0)
+        status = 0;
+    Py_XDECREF(events);
+    Py_XDECREF(fields);
+    return status;
+}
+
 PyMODINIT_FUNC
 PyInit__ctrace(void)
 {
     if (PyType_Ready(&TracerType) < 0 || PySys_AddAuditHook(settrace_audit, NULL) < 0)
         return NULL;
-    static const char *names[NEVENTS] = {"call", "line", "return", "exception"}; /* format.EVENTS */
     for (int e = 0; e < NEVENTS; e++)
-        if ((EVENT_NAMES[e] = PyUnicode_InternFromString(names[e])) == NULL)
+        if ((EVENT_NAMES[e] = PyUnicode_InternFromString(EVENT_SPELLINGS[e])) == NULL)
             return NULL;
+    if (TrackedType == NULL && (TrackedType = PyStructSequence_NewType(&tracked_desc)) == NULL)
+        return NULL;
     PyObject *json = PyImport_ImportModule("json.encoder");
     if (json == NULL)
         return NULL;
@@ -912,7 +994,7 @@ PyInit__ctrace(void)
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddObjectRef(m, "Tracer", (PyObject *)&TracerType) < 0) {
+    if (PyModule_AddObjectRef(m, "Tracer", (PyObject *)&TracerType) < 0 || add_contract(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -21,23 +21,10 @@ import json
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _json_str  # == json.dumps(str), in C
 
-# Event kinds, as in CPython's sys.settrace.
-CALL, LINE, RETURN, EXCEPTION = "call", "line", "return", "exception"
-EVENTS = (CALL, LINE, RETURN, EXCEPTION)
-
-MARKER = "  # << START_OF_TRACE"  # ends the entry point's line in the context
-UNCHANGED = ".."
-
-# The release's special tokens (cwm.tokenizer.specials holds the id table).
-BEGIN_OF_TEXT = "<|begin_of_text|>"
-END_OF_TEXT = "<|end_of_text|>"
-TRACE_CONTEXT_START = "<|trace_context_start|>"
-FRAME_SEP = "<|frame_sep|>"
-ACTION_SEP = "<|action_sep|>"
-ARG_SEP = "<|arg_sep|>"
-EVENT_SEP = {CALL: "<|call_sep|>", LINE: "<|line_sep|>", RETURN: "<|return_sep|>", EXCEPTION: "<|exception_sep|>"}
-SEP_EVENT = {sep: event for event, sep in EVENT_SEP.items()}
-SPECIALS = frozenset({BEGIN_OF_TEXT, END_OF_TEXT, TRACE_CONTEXT_START, FRAME_SEP, ACTION_SEP, ARG_SEP, *SEP_EVENT})
+from cwm.trace.tokens import (  # the format's spelled constants live there; re-exported here
+    ACTION_SEP, ARG_SEP, BEGIN_OF_TEXT, CALL, END_OF_TEXT, EVENT_SEP, EVENTS, EXCEPTION, FRAME_SEP, LINE, MARKER,
+    RETURN, SEP_EVENT, SPECIALS, TRACE_CONTEXT_START, UNCHANGED,
+)  # fmt: skip
 
 # Trace statuses. Complete traces ("ok", "exception") end with <|end_of_text|>; the others were
 # stopped and say why; the sandbox adds its own ("timeout", "memory", "crash", ...).
@@ -99,7 +86,7 @@ def prompt_text(source: str) -> str:
 
 
 def locals_json(written: dict[str, str]) -> str:
-    """json.dumps(written) with the default separators, for a dict of str -> str (fast path)."""
+    """json.dumps(written) with the default separators, for a dict of str -> str (faster)."""
     return "{" + ", ".join(f"{_json_str(k)}: {_json_str(v)}" for k, v in written.items()) + "}"
 
 
@@ -186,29 +173,6 @@ def frame_pieces(frame: Frame, previous: list[Frame]) -> list[tuple[str, bool]]:
 
 def frame_text(frame: Frame, previous: list[Frame]) -> str:
     return "".join(text for text, _ in frame_pieces(frame, previous))
-
-
-_FIXED_NBYTES = {
-    CALL: len(EVENT_SEP[CALL] + ACTION_SEP + FRAME_SEP),
-    LINE: len(EVENT_SEP[LINE] + ACTION_SEP + FRAME_SEP),
-    RETURN: len(EVENT_SEP[RETURN] + ACTION_SEP + ARG_SEP + FRAME_SEP),
-    EXCEPTION: len(EVENT_SEP[EXCEPTION] + ACTION_SEP + ARG_SEP + FRAME_SEP),
-}
-
-
-def frame_nbytes(frame: Frame, written: dict[str, str] | None) -> int:
-    """UTF-8 bytes of the frame's text (special tokens counted as their spelling), without
-    building it: the tracer calls this per event to hold its size limit. JSON text is ASCII."""
-    n = _FIXED_NBYTES[frame.event] + (len(frame.source) if frame.source.isascii() else len(frame.source.encode()))
-    if frame.event in (CALL, LINE):
-        if written:  # == len(locals_json(written))
-            n += sum(map(len, map(_json_str, written))) + sum(map(len, map(_json_str, written.values())))
-            n += 4 * len(written)
-        else:
-            n += 2
-    else:
-        n += len(json.dumps(frame.value))
-    return n
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,7 +29,6 @@ import contextlib
 import functools
 import inspect
 import linecache
-import re
 import sys
 import threading
 import time
@@ -38,19 +37,19 @@ from collections.abc import Iterator
 
 from cwm.trace.native import Tracer  # the trace function, in C (a clear error where it is not built)
 from cwm.trace.format import (
-    END_OF_TEXT, EVENTS, MARKER, UNCHANGED, Frame, Trace, frame_nbytes, outcome, prompt_text,
-    source_lines,
+    END_OF_TEXT, EVENTS, MARKER, UNCHANGED, Frame, Trace, frame_text, outcome, prompt_text, source_lines,
 )  # fmt: skip
+from cwm.trace.tokens import MARKER_RE
 from cwm.trace.values import DEFAULT_LIMIT, DEFAULT_REPR_TIMEOUT, ValueRenderer, json_str
 
 PROGRAM = "<program>"
 MAX_EVENTS = 10_000
 MAX_BYTES = 1_000_000
-_MARKER_RE = re.compile(r"[ \t]*#[ \t]*<<[ \t]*START_OF_TRACE[ \t]*$")
 # Module-level names that are program structure, not state (whole-script traces).
 _DEFINITIONS = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)
-# Bytes of a frame's text besides its source line and its locals or value (see frame_nbytes).
-_FRAME_NBYTES = {event: frame_nbytes(Frame(event, 0, "", {}, ""), {}) - 2 for event in EVENTS}
+# Bytes of a frame's text besides its source line and its locals or value: an empty frame's
+# text less its "{}" (no locals) or '""' (the empty value). The C trace function counts the rest.
+_FRAME_NBYTES = {event: len(frame_text(Frame(event, 0, "", {}, ""), []).encode()) - 2 for event in EVENTS}
 _UNCHANGED_NBYTES = len(json_str(UNCHANGED))
 
 
@@ -103,10 +102,10 @@ class _Recorder:
                 stop("timeout", f"the trace ran past {self.timeout} s")
 
         # bytes of each event's frame text besides its locals or value, by event and line number
-        fixed = tuple([0] + [_FRAME_NBYTES[event] + len(line.encode()) for line in self.lines] for event in EVENTS)
+        fixed = {event: [0] + [_FRAME_NBYTES[event] + len(line.encode()) for line in self.lines] for event in EVENTS}
         tracer = Tracer(
             frames=self.frames, source_of=[""] + self.lines, fixed=fixed, frame_type=Frame,
-            track=self.values.track, render=self.values.render, definitions=_DEFINITIONS,
+            track=self.values.track, text=self.values.text, definitions=_DEFINITIONS,
             is_entry=self.is_entry, def_line=functools.partial(_def_line, self.lines),
             check_limits=check_limits, filename=self.filename, stop=_Stop, limit=self.values.limit,
             max_events=self.max_events, max_bytes=self.max_bytes, unchanged_len=_UNCHANGED_NBYTES,
@@ -326,12 +325,12 @@ def _compile(source: str, filename: str) -> types.CodeType:
 def _strip_marker(source: str) -> tuple[str, int | None]:
     """(source without START_OF_TRACE markers, the marked line number or None)."""
     lines = source.split("\n")
-    marked = [n for n, line in enumerate(lines, start=1) if _MARKER_RE.search(line)]
+    marked = [n for n, line in enumerate(lines, start=1) if MARKER_RE.search(line)]
     if len(marked) > 1:
         raise TraceError(f"the START_OF_TRACE marker is on several lines ({', '.join(map(str, marked))}); keep one")
     if not marked:
         return source, None
-    lines[marked[0] - 1] = _MARKER_RE.sub("", lines[marked[0] - 1])
+    lines[marked[0] - 1] = MARKER_RE.sub("", lines[marked[0] - 1])
     return "\n".join(lines), marked[0]
 
 

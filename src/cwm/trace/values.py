@@ -11,8 +11,9 @@ timer; when it raises or runs too long its text is a marker such as
 `<repr of Foo raised ValueError: boom>` or `<repr of Foo timed out>`.
 
 A tracer asks for the text of every local on every line, and most locals did not change, so
-`ValueRenderer.track` returns what to remember of a local and the recorder re-renders only what
-it cannot prove unchanged: a stable value (builtin immutable all the way down) that is the same
+`ValueRenderer.track` returns what to remember of a local (a `Tracked`) and the recorder
+re-renders only what it cannot prove unchanged: a number or a short string is tracked by the C
+trace function itself (_ctrace.c, the one fast path); a stable value (builtin immutable all the way down) that is the same
 object has the same text; a list or dict of scalars keeps a shallow copy, and while it holds
 the very same objects in the same order (an identity check, C speed, no user code: never `==`,
 as 1 == 1.0 == True) it has the same text; one that only grew at its end extends its text
@@ -29,7 +30,9 @@ from collections import Counter, OrderedDict, defaultdict, deque
 from itertools import islice
 from json.encoder import encode_basestring_ascii as json_str  # == json.dumps(str), in C
 
-from cwm.trace.native import starts_with  # an identity test of the items, in C
+# The C trace function's side of the contract (by name): how a local changed, what a scope
+# remembers of it, and an identity test of a list's or dict's items.
+from cwm.trace.native import CHANGED, REWRITTEN, SAME, Tracked, starts_with
 
 DEFAULT_LIMIT = 1000  # characters of repr kept per value
 DEFAULT_REPR_TIMEOUT = 0.1  # seconds a user-defined __repr__ may run
@@ -44,26 +47,29 @@ _ATOMS = frozenset({int, float, complex, bool, type(None), type(Ellipsis), range
 SCALARS = frozenset({int, float, complex, bool, str, bytes, type(None)})
 _STABLE_ATOMS = SCALARS | {type(Ellipsis), range}
 _STABLE_KINDS = _STABLE_ATOMS | {tuple, frozenset}
-# Numbers whose repr is short ASCII text (no JSON escapes), made in C: these types, and ints
-# between -QUICK_INT and QUICK_INT.
-QUICK = frozenset({float, bool, type(None)})
-QUICK_INT = 10**60
 MAX_SNAPSHOT = 100_000  # items; a bigger list or dict is rendered (and fingerprinted) on every change check
 
-# How a local changed since the scope's previous frame (ValueRenderer.track).
-SAME, CHANGED, REWRITTEN = 0, 1, 2  # REWRITTEN: the same (truncated) text, but the value changed
+# How a local changed since the scope's previous frame (Tracked.how): SAME, CHANGED, or
+# REWRITTEN (the same truncated text, but the value changed); the C module defines them.
 
-# What a scope remembers of a local, a plain tuple (one is built per change, read per line):
-#   (value, items, text, nbytes, fingerprint)
+# What a scope remembers of a local is a Tracked (the C module's type; one is built per change,
+# read per line), with named fields:
 # value: the object itself when identity vouches for its text, else UNKEPT (never a program's
 #   object): a stable value (is_stable), or a list or dict of scalars while it holds the objects
 #   of `items`, its shallow copy (else items is None);
-# nbytes: the length of the text as a JSON string (the bytes it takes in a trace);
+# text, and nbytes: the length of the text as a JSON string (the bytes it takes in a trace);
 # fingerprint: None when the text is not truncated; else a digest of the whole value, UNPICKLABLE,
-#   or LATER (a stable value or a snapshot still gives it: taken only when a comparison needs it).
+#   or LATER (a stable value or a snapshot still gives it: taken only when a comparison needs it);
+# how: SAME, CHANGED or REWRITTEN, against what the scope remembered before.
 UNKEPT = object()
 UNPICKLABLE = object()
 LATER = object()
+
+
+def tracked(value, items, text: str, nbytes: int, fingerprint, how: int) -> Tracked:
+    """A Tracked from its fields (the one place Python spells their order; the contract test
+    holds it to the C type's)."""
+    return Tracked((value, items, text, nbytes, fingerprint, how))
 
 
 def _grew(value, items) -> bool:
@@ -94,12 +100,11 @@ def holds_scalars(value) -> bool:
     return set(map(type, value)) <= SCALARS
 
 
-def _fingerprint_of(tracked: tuple):
+def _fingerprint_of(seen: Tracked):
     """The digest of a tracked value as it was when tracked (taken now if it was LATER)."""
-    value, items, _, _, fingerprint = tracked
-    if fingerprint is LATER:  # builtin data only: pickled without the timer
-        return _digest(_pickle(value if items is None else items))
-    return fingerprint
+    if seen.fingerprint is LATER:  # builtin data only: pickled without the timer
+        return _digest(_pickle(seen.value if seen.items is None else seen.items))
+    return seen.fingerprint
 
 
 class _Timeout(BaseException):
@@ -187,30 +192,26 @@ class ValueRenderer:
         return _digest(data)
 
     # -- change tracking ----------------------------------------------------------------------
-    def track(self, value, seen: tuple | None) -> tuple[tuple, int]:
-        """Render a local whose scope last remembered it as `seen` (None: new); say how it changed.
+    def track(self, value, seen: Tracked | None) -> Tracked:
+        """Render a local whose scope last remembered it as `seen` (None: new): what to remember
+        of it now, with `how` it changed (SAME, CHANGED or REWRITTEN).
 
-        Returns (what to remember, SAME | CHANGED | REWRITTEN). The caller (the C tracer,
-        _ctrace.c) first tries the free case itself: `seen[0] is value` and, if `seen[1]` is a
-        snapshot, the value still holds its very items means SAME, with the text `seen[2]`.
+        The caller (the C trace function, _ctrace.c) first tries the free case itself: the value
+        is `seen.value` and, if `seen.items` is a snapshot, still holds its very items means SAME,
+        with the text `seen.text`; and it tracks a number or a short string itself.
         """
         t = type(value)
-        if t in QUICK or (t is int and -QUICK_INT < value < QUICK_INT) or (t is str and len(value) <= self.limit):
-            text = repr(value)  # the common case: a number or a short string, in C
-            if len(text) <= self.limit:
-                nbytes = len(json_str(text)) if t is str else len(text) + 2
-                return (value, None, text, nbytes, None), (CHANGED if seen is None or seen[2] != text else SAME)
         kept, items = UNKEPT, None
         if (t is list or t is dict) and len(value) <= MAX_SNAPSHOT:
-            if seen is not None and seen[0] is value and _grew(value, seen[1]):
+            if seen is not None and seen.value is value and _grew(value, seen.items):
                 grown = self._extend(value, seen)  # xs.append(x), d[new_key] = x: look at the new items only
                 if grown is not None:
-                    return grown, (REWRITTEN if grown[2] == seen[2] else CHANGED)
+                    return grown
             if len(value) <= 32 and _simple(value, self.limit) and (t is list or _simple(value.values(), self.limit)):
                 text = repr(value)  # a few numbers or short strings, in C (as render does)
                 if len(text) <= self.limit:
-                    new = (value, value.copy(), text, len(json_str(text)), None)
-                    return new, (CHANGED if seen is None or seen[2] != text else SAME)
+                    how = CHANGED if seen is None or seen.text != text else SAME
+                    return tracked(value, value.copy(), text, len(json_str(text)), None, how)
             if holds_scalars(value):
                 kept, items = value, value.copy()
         elif is_stable(value):
@@ -219,32 +220,35 @@ class ValueRenderer:
         fingerprint = None
         if truncated:  # a value that may change under us is fingerprinted now
             fingerprint = LATER if kept is not UNKEPT else self.fingerprint(value)
-        new = (kept, items, text, len(json_str(text)), fingerprint)
-        if seen is None or seen[2] != text:
-            return new, CHANGED
-        if not truncated:
-            return new, SAME
-        # The same truncated text: did the value change in the part the text does not show?
-        now = _fingerprint_of(new)
-        if now is not UNPICKLABLE and now == _fingerprint_of(seen):
-            return new[:4] + (now,), SAME
-        return new[:4] + (now,), REWRITTEN
+        how = CHANGED if seen is None or seen.text != text else SAME
+        if how == SAME and truncated:  # the same text: did the value change where the text is cut?
+            fingerprint = _fingerprint_of(tracked(kept, items, text, 0, fingerprint, how))
+            if fingerprint is UNPICKLABLE or fingerprint != _fingerprint_of(seen):
+                how = REWRITTEN
+        return tracked(kept, items, text, len(json_str(text)), fingerprint, how)
 
-    def _extend(self, value, seen: tuple) -> tuple | None:
+    def text(self, value) -> str:
+        """The value's text alone (a return value: no scope remembers it)."""
+        return self.render(value)[0]
+
+    def _extend(self, value, seen: Tracked) -> Tracked | None:
         """What to remember of a list or dict of scalars that grew at its end, or None to render it."""
-        n = len(seen[1])
+        n = len(seen.items)
         is_list = type(value) is list
         tail = value[n:] if is_list else dict(islice(value.items(), n, None))
-        if seen[4] is not None:  # truncated: the text shows old items only, and stays
-            return (value, value.copy(), seen[2], seen[3], LATER) if holds_scalars(tail) else None
+        if seen.fingerprint is not None:  # truncated: the text shows old items only, and stays
+            if not holds_scalars(tail):
+                return None
+            return tracked(value, value.copy(), seen.text, seen.nbytes, LATER, REWRITTEN)
         if not (_simple(tail, self.limit) and (is_list or _simple(tail.values(), self.limit))):
             return None  # not only numbers, or only short strings: render it all
         # repr(old + tail) is repr(old) with the tail's items before its closing bracket
-        text = seen[2][:-1] + (", " if n else "") + repr(tail)[1:-1] + ("]" if is_list else "}")
+        text = seen.text[:-1] + (", " if n else "") + repr(tail)[1:-1] + ("]" if is_list else "}")
         truncated = len(text) > self.limit
         if truncated:
             text = text[: self.limit] + ELLIPSIS
-        return (value, value.copy(), text, len(json_str(text)), LATER if truncated else None)
+        how = REWRITTEN if text == seen.text else CHANGED
+        return tracked(value, value.copy(), text, len(json_str(text)), LATER if truncated else None, how)
 
     def _walk(self, v, out: list[str], budget: int, active: set[int]) -> int:
         """Append the repr of v to out until budget characters are written; return budget left."""
