@@ -67,7 +67,9 @@ def split_stops(tokenizer, stop: Sequence[str]) -> tuple[set[int], list[str]]:
 def encode_prompt(tokenizer, prompt: Sequence[int] | str) -> list[int]:
     """Token ids as given; text as ordinary text (no specials parsed) after <|begin_of_text|>."""
     if isinstance(prompt, str):
-        return [tokenizer.special_id("<|begin_of_text|>")] + list(tokenizer.encode(prompt))
+        from cwm.tokenizer.specials import BEGIN_OF_TEXT
+
+        return [tokenizer.special_id(BEGIN_OF_TEXT)] + list(tokenizer.encode(prompt))
     return [int(t) for t in prompt]
 
 

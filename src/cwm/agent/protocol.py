@@ -16,6 +16,17 @@ One episode, as the release runs it (`swerl_tool_env:think_tag:modal:eval`):
                 feedback = cwm.agent.tools.execute(ws, name, args).feedback
                 message  = {"role": "tool", "name": name, "content": observation(...)}
     a FormatError / NoSuchToolError becomes a *user* message: format_error_message(e)
+
+Decisions, where the release's files say more than AGENT_SPEC.md:
+- Tool outputs keep their trailing newline. The release's session strips one only when asked
+  (session.py `sanitize`), and its backend asks not to (modal_backend.py `_run_bash`:
+  `sanitize=False`), so the model saw "hello\n" in `<output>\nhello\n\n</output>`, and a submitted
+  patch keeps its last newline (a stripped patch would not apply).
+- The first user message is cut as a whole (swerl_tool.py truncates the formatted message, from
+  the left), so an issue past 8192 tokens loses the prompt's first lines before the issue's.
+- Token counts (budget, truncation) encode the role, "\n\n" and the body apart and add the three
+  header/end specials, as the release's CWMInstructTokenizer.encode_message does; with the
+  release's tokenizer the numbers are the release's, with another they are that tokenizer's.
 """
 
 from __future__ import annotations
