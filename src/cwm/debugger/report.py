@@ -17,7 +17,7 @@ import html
 from pathlib import Path
 
 from cwm.eval.metrics import action_of, state_of
-from cwm.trace.format import RETURN, Frame
+from cwm.trace.format import MARKER, RETURN, Frame
 
 _STYLE = """
 body { font-family: sans-serif; margin: 1.5em; }
@@ -59,7 +59,7 @@ def _source_view(source: str, real: list[Frame], predicted: list[Frame]) -> str:
     rows = []
     for number, line in enumerate(source.splitlines(), start=1):
         in_real = number in real_lines
-        in_pred = line.removesuffix("  # << START_OF_TRACE") in pred_lines
+        in_pred = line.removesuffix(MARKER) in pred_lines
         css = "both" if in_real and in_pred else "real" if in_real else "pred" if in_pred else ""
         text = html.escape(line) or " "
         rows.append(f"<span class='lineno'>{number:4d}</span>  <span class='{css}'>{text}</span>")

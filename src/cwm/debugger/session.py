@@ -36,7 +36,7 @@ from cwm.backends import Backend, Sampling
 from cwm.eval.metrics import action_of, follow_real, state_of  # eval's public scoring API
 from cwm.tokenizer import tracetext
 from cwm.tokenizer.tracetext import ENTRY, MARKER, entry_context, entry_frame
-from cwm.trace.format import CALL, LINE, RETURN, Frame
+from cwm.trace.format import CALL, FRAME_SEP, LINE, RETURN, Frame
 
 
 @dataclass
@@ -205,7 +205,7 @@ class Session:
     def _predict(self, forced: str | None = None) -> Step:
         forced_ids = [self.tok.special_id(f"<|{forced}_sep|>")] if forced else []
         before = self.prompt()
-        completion = self.backend.complete(before + forced_ids, stop=["<|frame_sep|>"], sampling=self.sampling)
+        completion = self.backend.complete(before + forced_ids, stop=[FRAME_SEP], sampling=self.sampling)
         generated = completion.tokens
         if self.tok.frame_sep_id in generated:  # a server that ignored the stop: one frame only
             generated = generated[:generated.index(self.tok.frame_sep_id) + 1]
@@ -227,7 +227,8 @@ class Session:
         return step
 
 
-_ANY_MARKER = re.compile(r"[ \t]*# << START_OF_TRACE[ \t]*$", re.MULTILINE)
+# the marker spaced as the context writes it (any blanks around it)
+_ANY_MARKER = re.compile(rf"[ \t]*{re.escape(MARKER.strip())}[ \t]*$", re.MULTILINE)
 
 
 def mark_entry(program: str, entry: str | None = None) -> str:

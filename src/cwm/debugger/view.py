@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cwm.eval.metrics import action_of, score_trace, state_of
-from cwm.trace.format import EXCEPTION, RETURN, Frame
+from cwm.trace.format import EXCEPTION, MARKER, RETURN, Frame
 
 
 def line_number(context: str, frame: Frame | None) -> int | None:
@@ -20,7 +20,7 @@ def line_number(context: str, frame: Frame | None) -> int | None:
     if frame.lineno:
         return frame.lineno
     wanted = action_of(frame)[1]
-    lines = [line.removesuffix("  # << START_OF_TRACE") for line in context.splitlines()]
+    lines = [line.removesuffix(MARKER) for line in context.splitlines()]
     return lines.index(wanted) + 1 if wanted in lines else None
 
 

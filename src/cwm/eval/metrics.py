@@ -21,14 +21,12 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
-from cwm.trace.format import CALL, EXCEPTION, RETURN, Frame
-
-START_MARKER = "  # << START_OF_TRACE"
+from cwm.trace.format import CALL, EXCEPTION, MARKER, RETURN, Frame
 
 
 def action_of(frame: Frame) -> tuple[str, str]:
     """What the step does: its event and its source line (marker and trailing newline ignored)."""
-    line = frame.source.rstrip("\n").removesuffix(START_MARKER)
+    line = frame.source.rstrip("\n").removesuffix(MARKER)
     return frame.event, line
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from cwm.backends import BackendError, Completion, Sampling, encode_prompt, split_stops
 from cwm.eval.metrics import follow_real
-from cwm.trace.format import Frame
+from cwm.trace.format import END_OF_TEXT, EVENT_SEP, FRAME_SEP, Frame
 
 
 @dataclass
@@ -29,9 +29,9 @@ class OracleBackend:
 
     def __post_init__(self):
         tok = self.tokenizer
-        self.frame_sep = tok.special_id("<|frame_sep|>")
-        self.end_ids = [tok.special_id("<|end_of_text|>")]
-        self.event_of_id = {tok.special_id(f"<|{e}_sep|>"): e for e in ("call", "line", "return", "exception")}
+        self.frame_sep = tok.special_id(FRAME_SEP)
+        self.end_ids = [tok.special_id(END_OF_TEXT)]
+        self.event_of_id = {tok.special_id(sep): e for e, sep in EVENT_SEP.items()}
 
     @classmethod
     def from_trace(cls, tokenizer, source: str, frames: list[Frame]) -> "OracleBackend":

@@ -17,7 +17,7 @@ from cwm.backends import Backend, Sampling
 from cwm.eval.metrics import TraceScore, score_trace
 from cwm.eval.run import ResultsLog, TooLong, fit, items_to_do, progress
 from cwm.tokenizer import tracetext
-from cwm.trace.format import RETURN, Frame
+from cwm.trace.format import FRAME_SEP, RETURN, Frame
 
 MODES = ("teacher", "free")
 INVALID = Frame(event="invalid", lineno=0, source="")  # stands in for an unparsable prediction
@@ -85,7 +85,7 @@ def _generate_to_entry_return(backend: Backend, prompt: list[int], sampling: Sam
     frames, error = [], None
     while len(tokens) < sampling.max_new_tokens:
         left = dataclasses.replace(sampling, max_new_tokens=sampling.max_new_tokens - len(tokens))
-        out = backend.complete(prompt + tokens, stop=["<|frame_sep|>"], sampling=left).tokens
+        out = backend.complete(prompt + tokens, stop=[FRAME_SEP], sampling=left).tokens
         tokens += out
         frames, error = tracetext.parse_frames(tok, prompt, tokens)
         if error is not None or out[-1:] != [tok.frame_sep_id]:
@@ -126,7 +126,7 @@ def predict_teacher_forced(backend: Backend, case: Case, sampling: Sampling) -> 
             first_error = first_error or reason
             frames += [INVALID] * (len(case.frames) - k)
             break
-        out = backend.complete(prompt, stop=["<|frame_sep|>"], sampling=budget)
+        out = backend.complete(prompt, stop=[FRAME_SEP], sampling=budget)
         got, error = tracetext.parse_frames(tok, prompt, out.tokens)
         # complete = ends with <|frame_sep|> (the release's fgserve answers "length" for every choice)
         if error is None and (len(got) != 1 or out.tokens[-1:] != [tok.frame_sep_id]):

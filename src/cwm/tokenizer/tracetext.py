@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import ast
 
-from cwm.trace.format import CALL, Frame, Trace
+from cwm.trace.format import CALL, MARKER, Frame, Trace
 
 ENTRY = "main"
-MARKER = "  # << START_OF_TRACE"
 
 
 def context_ids(tok, context: str) -> list[int]:
