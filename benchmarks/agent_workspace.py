@@ -18,9 +18,9 @@ import time
 from cwm.agent.workspace import Workspace
 
 
-def timed(fn):
+def timed(fn, *args):
     start = time.perf_counter()
-    fn()
+    fn(*args)
     return time.perf_counter() - start
 
 
@@ -39,13 +39,13 @@ def main() -> None:
         start = time.perf_counter()
         ws = Workspace.create(args.source)
         t["create"] = time.perf_counter() - start
-        t["first bash command"] = timed(lambda: ws.bash("true"))
-        t["bash round trip"] = statistics.median(timed(lambda: ws.bash("echo hi")) for _ in range(10))
-        t["one-shot run"] = statistics.median(timed(lambda: ws.run("true", timeout=30)) for _ in range(5))
+        t["first bash command"] = timed(ws.bash, "true")
+        t["bash round trip"] = statistics.median(timed(ws.bash, "echo hi") for _ in range(10))
+        t["one-shot run"] = statistics.median(timed(ws.run, "true", 30) for _ in range(5))
         ws.bash("echo x > new.txt; rm -f __init__.py")
         t["diff"] = timed(ws.diff)
         t["reset"] = timed(ws.reset)
-        t["first command after reset"] = timed(lambda: ws.bash("true"))
+        t["first command after reset"] = timed(ws.bash, "true")
         t["close"] = timed(ws.close)
         for k, v in t.items():
             rows.setdefault(k, []).append(v)

@@ -27,7 +27,7 @@ You are working in a linux container. The container session is persistent but wi
 </tool>
 Executes bash command(s) [command(s)] in the current session. [command(s)] can be any non-interactive bash command(s), either single or multi-line.
 
-"""  # noqa: E501
+"""
 RELEASE_PLUGIN_TOOLS = """<tool: edit>
 [path]
 <<<<<<< SEARCH
@@ -44,7 +44,7 @@ Replaces [search_lines] from [path] with [replacement_lines], where [path] must 
 </tool>
 Creates a new file at [path] with [content], where [path] must not exist, but its parent directory must exist.
 
-"""  # noqa: E501
+"""
 RELEASE_SYSTEM_TAIL = """<tool: submit>
 [result]
 </tool>
@@ -53,7 +53,7 @@ Marks [result] as your final submission. The meaning and format of [result] depe
 REQUIREMENTS:
 * You cannot invoke more than one tool in each step.
 * You must invoke exactly one tool in each step before any <tool: submit> call.
-* After successful submission, provide a final response if the request is resolved, otherwise continue iterating. You cannot provide a final response before invoking <tool: submit>."""  # noqa: E501
+* After successful submission, provide a final response if the request is resolved, otherwise continue iterating. You cannot provide a final response before invoking <tool: submit>."""
 
 # cwm/rl/envs/envs/swerl_tool.py: USER_ISSUE_SOLVING with repo_root="/testbed"
 RELEASE_USER_BEFORE = """Solve the following issue by implementing the necessary code changes and submitting a patch file:
@@ -87,7 +87,7 @@ Description of how you ensure the patch fully resolves the issue, including new 
 
 Your primary objective is to ensure patch correctness above all else - thoroughly explore the codebase, think hard, and leverage significant execution to verify correctness by writing comprehensive tests to validate your solution and running existing tests to prevent regressions. Only submit when you are genuinely confident in your patch's correctness.
 
-I've uploaded the corresponding code repository at /testbed and installed all the necessary dependencies. Now, the bash session has started, with the current working directory set to the repo root."""  # noqa: E501
+I've uploaded the corresponding code repository at /testbed and installed all the necessary dependencies. Now, the bash session has started, with the current working directory set to the repo root."""
 
 
 def test_system_prompt_is_the_release_text():
@@ -244,23 +244,23 @@ def test_edit_errors_are_the_release_texts(fresh):
     # plugins/edit.py: PARSE_ERROR and the error messages (printed: one newline after each)
     cases = [
         ("calc.py\nno block here",
-         "Failed to parse the edit tool call. Make sure it has the following format:\n\n<tool: edit>\n[path]\n"
-         "<<<<<<< SEARCH\n[search_lines]\n=======\n[replacement_lines]\n>>>>>>> REPLACE\n</tool>\n"),
+         ("Failed to parse the edit tool call. Make sure it has the following format:\n\n<tool: edit>\n[path]\n"
+          "<<<<<<< SEARCH\n[search_lines]\n=======\n[replacement_lines]\n>>>>>>> REPLACE\n</tool>\n")),
         (block("calc.py", "a", "b") + "\n" + block("calc.py", "c", "d"),
          "Only one search/replace block is allowed. Got: 2.\n"),
         (block("missing.py", "a", "b"), "The path missing.py does not exist. Please provide a valid path.\n"),
         (block("calc.py", "    return a * b", "x"),
          "No replacement was performed, the search lines did not appear verbatim in calc.py.\n"),
         (block("calc.py", "  return a - b", "x"),
-         "No replacement was performed, the search lines did not appear verbatim in calc.py. The search lines must "
-         "exactly match one or more consecutive lines from the file, with indentations preserved.\n"),
+         ("No replacement was performed, the search lines did not appear verbatim in calc.py. The search lines must "
+          "exactly match one or more consecutive lines from the file, with indentations preserved.\n")),
         (block("calc.py", "    return a - b", "x"),
-         "No replacement was performed. Multiple occurrences of the search text in lines [2, 6] of calc.py. "
-         "Please ensure it is unique.\n"),
+         ("No replacement was performed. Multiple occurrences of the search text in lines [2, 6] of calc.py. "
+          "Please ensure it is unique.\n")),
         # the "\n" prefix: a match must start at a line start ("eturn" is inside a line)
         (block("calc.py", "eturn a - b\n\n\ndef sub", "x"),
-         "No replacement was performed, the search lines did not appear verbatim in calc.py. The search lines must "
-         "exactly match one or more consecutive lines from the file, with indentations preserved.\n"),
+         ("No replacement was performed, the search lines did not appear verbatim in calc.py. The search lines must "
+          "exactly match one or more consecutive lines from the file, with indentations preserved.\n")),
     ]
     for args, feedback in cases:
         r = execute(fresh, "edit", args)

@@ -11,7 +11,13 @@ import time
 import pytest
 
 from cwm.agent.workspace import (
-    SESSION_EXIT, SESSION_RESTARTED, SESSION_TIMED_OUT, SESSION_TOO_LONG, BoxLimits, DockerWorkspace, Workspace,
+    SESSION_EXIT,
+    SESSION_RESTARTED,
+    SESSION_TIMED_OUT,
+    SESSION_TOO_LONG,
+    BoxLimits,
+    DockerWorkspace,
+    Workspace,
     docker_available,
 )  # fmt: skip
 

@@ -34,7 +34,8 @@ from __future__ import annotations
 import re
 from typing import Protocol
 
-from cwm.tokenizer.prompts import THINK_END, THINK_START, system_prompt as _cwm_system_prompt
+from cwm.tokenizer.prompts import THINK_END, THINK_START
+from cwm.tokenizer.prompts import system_prompt as _cwm_system_prompt
 
 # The episode's limits (SWERLConfig in swerl_tool.py).
 CONTEXT_SIZE = 131072  # total tokens of the episode: prompt, replies, observations
@@ -81,7 +82,7 @@ REQUIREMENTS:
 * You cannot invoke more than one tool in each step.
 * You must invoke exactly one tool in each step before any <tool: submit> call.
 * After successful submission, provide a final response if the request is resolved, otherwise continue iterating. You cannot provide a final response before invoking <tool: submit>.
-""".strip()  # noqa: E501
+""".strip()
 
 # swerl_tool.py: SYSTEM_UBUNTU_NO_PLUGINS (bash and submit only)
 SYSTEM_UBUNTU_NO_PLUGINS = """
@@ -101,7 +102,7 @@ REQUIREMENTS:
 * You cannot invoke more than one tool in each step.
 * You must invoke exactly one tool in each step before any <tool: submit> call.
 * After successful submission, provide a final response if the request is resolved, otherwise continue iterating. You cannot provide a final response before invoking <tool: submit>.
-""".strip()  # noqa: E501
+""".strip()
 
 # swerl_tool.py: USER_ISSUE_SOLVING
 USER_ISSUE_SOLVING = """
@@ -136,7 +137,7 @@ Description of how you ensure the patch fully resolves the issue, including new 
 Your primary objective is to ensure patch correctness above all else - thoroughly explore the codebase, think hard, and leverage significant execution to verify correctness by writing comprehensive tests to validate your solution and running existing tests to prevent regressions. Only submit when you are genuinely confident in your patch's correctness.
 
 I've uploaded the corresponding code repository at {repo_root} and installed all the necessary dependencies. Now, the bash session has started, with the current working directory set to the repo root.
-""".strip()  # noqa: E501
+""".strip()
 
 # swerl_tool.py: HINT_PROMPT (test_patch_hint; off in the release's eval configs)
 HINT_PROMPT = """
@@ -145,7 +146,7 @@ Here is a test patch that demonstrates the expected behavior. Your submitted pat
 ```diff
 {test_patch}
 ```
-""".strip()  # noqa: E501
+""".strip()
 
 # swerl_tool.py: FEEDBACK_OUTPUT_PROMPT, BUDGET_NOTICE_TEMPLATE, SUBMISSION_FEEDBACK_PROMPT
 FEEDBACK_OUTPUT_PROMPT = """
@@ -169,7 +170,7 @@ The following patch content is marked as your final submission:
 </submission>
 
 Review the patch content and ensure it correctly resolves the issue. If necessary, you can continue refining the patch and submit an updated version.
-""".strip()  # noqa: E501
+""".strip()
 
 # default_tools.py
 TOOL_CALL_REGEX = r"<tool:\s([a-zA-Z_]+)>\n(.*?)\n</tool>"

@@ -22,13 +22,19 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from typing import Any
+from typing import Any, Self
 
 from cwm.sandbox.shell import (
-    MAX_SESSION_OUTPUT, WORKSPACE_PATH, Box, BoxLimits, Shell, ShellOutput, prepare_copy,
+    MAX_SESSION_OUTPUT,
+    WORKSPACE_PATH,
+    Box,
+    BoxLimits,
+    Shell,
+    ShellOutput,
+    prepare_copy,
 )  # fmt: skip
 
-__all__ = ["Workspace", "DockerWorkspace", "BoxLimits", "bash_feedback", "docker_available"]
+__all__ = ["BoxLimits", "DockerWorkspace", "Workspace", "bash_feedback", "docker_available"]
 
 SESSION_TIMEOUT = 120.0  # the release's session timeout (swerl_tool.py SWERLConfig.session_timeout)
 PLUGIN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugins")  # edit.py, create.py
@@ -143,10 +149,10 @@ class Workspace:
         self._box.close()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
-    def __enter__(self) -> Workspace:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -156,7 +162,7 @@ def docker_available() -> str | None:
         return "no docker command on PATH"
     try:
         res = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True,
-                             text=True, timeout=10)
+                             text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"docker info failed: {e}"
     if res.returncode != 0:
@@ -186,7 +192,8 @@ class DockerWorkspace:
         self._start()
 
     def _docker(self, *args: str, input: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-        return subprocess.run(["docker", *args], input=input, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(["docker", *args], input=input, capture_output=True, text=True, timeout=timeout,
+                              check=False)
 
     def _start(self) -> None:
         res = self._docker("run", "-d", "--name", self.name, *self._args, "-w", self.root, self.image,
@@ -253,10 +260,10 @@ class DockerWorkspace:
         self._stop()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
-    def __enter__(self) -> DockerWorkspace:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -286,6 +293,7 @@ class _DockerShell(Shell):
         self._proc.kill()
         self._proc.wait()
         # the command bash was running inside the container is not a child of `docker exec`: end it too
-        subprocess.run(["docker", "exec", self.container, "sh", "-c", "kill -9 -1"], capture_output=True, timeout=30)
+        subprocess.run(["docker", "exec", self.container, "sh", "-c", "kill -9 -1"], capture_output=True, timeout=30,
+                       check=False)
         self._proc.stdin.close(), self._proc.stdout.close()
         self._proc, self._keeper, self._fds, self._stdin = None, None, {}, None

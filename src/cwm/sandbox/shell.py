@@ -38,14 +38,26 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, replace
-from typing import TypedDict
+from typing import Self, TypedDict
 
 from cwm.sandbox.core import (
-    _CLONE_NEWNS, _MS_NODEV, _MS_NOSUID, _MS_PRIVATE, _MS_REC, UID_BASE, Limits, SandboxResult, _check_limits,
-    _Job, _launch, _libc, _run, run_command,
+    _CLONE_NEWNS,
+    _MS_NODEV,
+    _MS_NOSUID,
+    _MS_PRIVATE,
+    _MS_REC,
+    UID_BASE,
+    Limits,
+    SandboxResult,
+    _check_limits,
+    _Job,
+    _launch,
+    _libc,
+    _run,
+    run_command,
 )  # fmt: skip
 
-__all__ = ["Box", "BoxLimits", "Shell", "ShellOutput", "MAX_SESSION_OUTPUT", "SESSION_SENTINEL"]
+__all__ = ["MAX_SESSION_OUTPUT", "SESSION_SENTINEL", "Box", "BoxLimits", "Shell", "ShellOutput"]
 
 WORKSPACE_PATH = "/testbed"
 SESSION_SENTINEL = "<<exit>1"  # session.py: echoed as "<<exit>$((1))", so the command text never matches
@@ -131,7 +143,7 @@ class Box:
             self._lease.release()
             self._lease = None
 
-    def __enter__(self) -> Box:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -346,7 +358,7 @@ def _hold(source: str, path: str, uid: int, size: int, ready_w: int, hold_r: int
         os.write(3, b"ok")
         os.close(3)
         os.read(4, 1)  # until the box has opened our namespace
-    except BaseException as e:
+    except BaseException as e:  # noqa: BLE001 (a forked child: every failure is reported, then _exit)
         try:
             os.write(3, f"{type(e).__name__}: {e}".encode())
         except OSError:

@@ -11,21 +11,20 @@ import sys
 def create(command):
     path, _, content = command.partition("\n")
     if os.path.exists(path):
-        return False, "%s already exists. Cannot create a new file at an existing path." % path
+        return False, f"{path} already exists. Cannot create a new file at an existing path."
     if path == "":
         return False, "Path is empty. Please provide a valid path."
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.exists(parent):
-        return False, "File creation failed. The parent directory %s does not exist." % parent
+        return False, f"File creation failed. The parent directory {parent} does not exist."
     with open(path, "w") as f:
         f.write(content)
-    return True, "File created successfully at: %s (%d lines)." % (path, content.count("\n") + 1)
+    return True, f"File created successfully at: {path} ({content.count(chr(10)) + 1} lines)."
 
 
 if __name__ == "__main__":
     command = sys.stdin.read()
-    if command.endswith("\n"):
-        command = command[:-1]
+    command = command.removesuffix("\n")
     ok, feedback = create(command)
     print(feedback)
     sys.exit(0 if ok else 1)

@@ -38,16 +38,16 @@ def edit(command):
     if not blocks:
         return False, PARSE_ERROR
     if len(blocks) > 1:
-        return False, "Only one search/replace block is allowed. Got: %d." % len(blocks)
+        return False, f"Only one search/replace block is allowed. Got: {len(blocks)}."
     path, search, replacement = blocks[0]
     if not os.path.exists(path):
-        return False, "The path %s does not exist. Please provide a valid path." % path
+        return False, f"The path {path} does not exist. Please provide a valid path."
     with open(path) as f:
         content = "\n" + f.read()
     search = "\n" + search
     hits = starts(content, search)
     if not hits:
-        message = "No replacement was performed, the search lines did not appear verbatim in %s." % path
+        message = f"No replacement was performed, the search lines did not appear verbatim in {path}."
         first_line = search[1:].split("\n", 1)[0]
         if first_line.lstrip() in content:
             message += (" The search lines must exactly match one or more consecutive lines from the file, "
@@ -55,8 +55,8 @@ def edit(command):
         return False, message
     if len(hits) > 1:
         lines = [n + 1 for n, at in enumerate(starts(content, "\n")) if content.startswith(search, at)]
-        return False, ("No replacement was performed. Multiple occurrences of the search text in lines %s of %s. "
-                       "Please ensure it is unique." % (lines, path))
+        return False, (f"No replacement was performed. Multiple occurrences of the search text in lines {lines} of "
+                       f"{path}. Please ensure it is unique.")
     replacement = "\n" + replacement
     new_content = content.replace(search, replacement)[1:]
     with open(path, "w") as f:
@@ -65,11 +65,10 @@ def edit(command):
     total = new_content.count("\n") + 1
     first = max(1, line - SNIPPET_LINES)
     last = line + SNIPPET_LINES + replacement.count("\n") - 1
-    snippet = "\n".join("%6d\t%s" % (i, text)
-                        for i, text in enumerate(new_content.split("\n")[first - 1:last], start=first))
-    return True, ("File %s has been successfully updated at line %d and now contains %d lines. "
-                  "The surrounding lines after the edit are shown below:\n%s\n"
-                  "Review the changes and make sure they are as expected." % (path, line, total, snippet))
+    snippet = "\n".join(f"{i:6}\t{text}" for i, text in enumerate(new_content.split("\n")[first - 1:last], start=first))
+    return True, (f"File {path} has been successfully updated at line {line} and now contains {total} lines. "
+                  f"The surrounding lines after the edit are shown below:\n{snippet}\n"
+                  "Review the changes and make sure they are as expected.")
 
 
 if __name__ == "__main__":
