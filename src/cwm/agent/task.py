@@ -14,7 +14,8 @@ and `PASS_TO_PASS` (test ids as the test command's pytest log names them, e.g.
 - `source`: where the pristine tree comes from, so that it can be rebuilt with no network
   beyond the package registry: `{"kind": "pypi", "name", "version", "sha256"}` (an sdist;
   found in the package's shipped copies, then the cache, then `pip download`), or
-  `{"kind": "dir", "path"}` (a local directory, for one's own repositories and tests).
+  `{"kind": "dir", "path"}` (a local directory, for one's own repositories and tests), or
+  `{"kind": "git", "path", "commit"}` (a commit of a local clone: SWE-bench instances).
 - `bug_patch`: the mutation that makes the buggy repository from the pristine tree (the
   reverse of `patch`). The agent never sees it or `patch`.
 - `test_cmd`: the shell command, run at the repository root in the sandbox, whose pytest log
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -40,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-SOURCE_KINDS = ("pypi", "dir")
+SOURCE_KINDS = ("pypi", "dir", "git")
 # The git identity and date of the one commit of a materialized repository: fixed, so that
 # base_commit is a function of the tree alone.
 _GIT_ENV = {
@@ -149,8 +151,7 @@ def sdist_path(name: str, version: str, sha256: str, download: bool = True) -> P
                         "run without --offline so that pip can download it")
     dest = cache_dir() / f"{name}-{version}"
     dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "--no-build-isolation",
-           "-q", "-d", str(dest), f"{name}=={version}"]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "-q", "-d", str(dest), f"{name}=={version}"]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise TaskError(f"pip could not download {name}=={version}: {res.stderr.strip().splitlines()[-1:]}; "
@@ -201,6 +202,18 @@ def pristine_tree(source: dict[str, str], dest: str | os.PathLike, download: boo
             raise TaskError(f"source directory {src} not found")
         shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".pytest_cache"))
+    elif kind == "git":
+        src = Path(source["path"])
+        if not (src / ".git").exists() and not (src / "HEAD").exists():
+            raise TaskError(f"{src} is not a git clone; clone the repository there (for SWE-bench: "
+                            "repos_dir/<owner>__<name>)")
+        res = subprocess.run(["git", "-C", str(src), "archive", "--format=tar", source["commit"]], capture_output=True)
+        if res.returncode != 0:
+            raise TaskError(f"{src}: commit {source['commit'][:12]} not found ({res.stderr.decode().strip()}); "
+                            "fetch it into the clone")
+        dest.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=io.BytesIO(res.stdout)) as t:
+            t.extractall(dest, filter="data")
     else:
         raise TaskError(f"source kind {kind!r} is not one of {', '.join(SOURCE_KINDS)}")
     return dest
@@ -262,14 +275,15 @@ def diff_files(root: str | os.PathLike, old: dict[str, str], new: dict[str, str]
 def materialize(task: Task, dest: str | os.PathLike, download: bool = True, check: bool = True) -> Path:
     """The task's buggy repository in dest: the pristine tree, the bug patch applied, one git commit.
 
-    Returns dest. With check (default), the commit must equal task.base_commit."""
+    Returns dest. With check (default), the commit must equal task.base_commit (not for a git
+    source: there base_commit names the source's own commit)."""
     dest = pristine_tree(task.source, dest, download)
-    ok, why = apply_patch(dest, task.bug_patch)
+    ok, why = apply_patch(dest, task.bug_patch) if task.bug_patch else (True, "")
     if not ok:
         raise TaskError(f"{task.instance_id}: the bug patch does not apply to its source ({why}); "
                         "the source is not the one the task was made from")
     commit = commit_tree(dest)
-    if check and task.base_commit and commit != task.base_commit:
+    if check and task.base_commit and task.source.get("kind") != "git" and commit != task.base_commit:
         raise TaskError(f"{task.instance_id}: the materialized tree is commit {commit[:12]}, the task says "
                         f"{task.base_commit[:12]}; the source or the bug patch changed: regenerate the task")
     return dest
