@@ -208,6 +208,8 @@ class DockerWorkspace:
         self._shell = _DockerShell(self.name, self.root, self.session_timeout)
 
     def bash_result(self, command: str, timeout: float | None = None) -> ShellOutput:
+        if self._shell is None:
+            raise RuntimeError("docker workspace: closed; create a new one")
         return self._shell.run(command, self.session_timeout if timeout is None else timeout)
 
     def bash(self, command: str, timeout: float = SESSION_TIMEOUT) -> str:
@@ -280,6 +282,7 @@ class _DockerShell(Shell):
         self.stop()
         self._proc = subprocess.Popen(["docker", "exec", "-i", "-w", self.root, self.container, "bash"],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert self._proc.stdin is not None and self._proc.stdout is not None
         self._keeper = self._proc.pid
         self._stdin = self._proc.stdin.fileno()
         self._fds = {"stdout": self._proc.stdout.fileno()}
@@ -295,5 +298,7 @@ class _DockerShell(Shell):
         # the command bash was running inside the container is not a child of `docker exec`: end it too
         subprocess.run(["docker", "exec", self.container, "sh", "-c", "kill -9 -1"], capture_output=True, timeout=30,
                        check=False)
-        self._proc.stdin.close(), self._proc.stdout.close()
+        for stream in (self._proc.stdin, self._proc.stdout):
+            if stream is not None:
+                stream.close()
         self._proc, self._keeper, self._fds, self._stdin = None, None, {}, None

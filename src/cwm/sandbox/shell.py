@@ -99,7 +99,7 @@ class Box:
         _check_limits(self.limits)
         self.is_root = os.geteuid() == 0
         self._lease = _UidLease() if self.is_root else None
-        self.uid = UID_BASE + self._lease.tid if self._lease else None
+        self.uid: int | None = UID_BASE + self._lease.tid if self._lease else None
         self._holder: _Holder | None = None
         self._host_copy: str | None = None
         self._shells: list[Shell] = []
@@ -114,7 +114,7 @@ class Box:
 
     # -- the copy
     def _fill(self) -> None:
-        if self.is_root:
+        if self.uid is not None:
             self._holder = _Holder(self.source, self.root, self.uid, self.limits.workspace_bytes)
         else:
             self._host_copy = tempfile.mkdtemp(prefix="cwm-box-")
@@ -193,6 +193,7 @@ class Shell:
         self.stop()
         job = self.box._job(["/bin/bash", "--noprofile", "--norc"], b"")
         keeper, _, fds, stdin = _launch(self.box.limits, job, self.box.uid)
+        assert stdin is not None  # job.input is set: a stdin pipe was made
         self._keeper, self._fds, self._stdin = keeper, fds, stdin
         os.close(fds.pop("result"))  # the runner only writes there if bash could not be started
         for fd in [*fds.values(), stdin]:
@@ -322,7 +323,8 @@ class _Holder:
         pid = os.fork()
         if pid == 0:  # never returns
             _hold(source, path, uid, size, ready_w, hold_r)
-        os.close(ready_w), os.close(hold_r)
+        os.close(ready_w)
+        os.close(hold_r)
         self.ns_fd: int | None = None
         try:
             with os.fdopen(ready_r, "rb") as f:

@@ -19,7 +19,8 @@ def create(command):
         return False, f"File creation failed. The parent directory {parent} does not exist."
     with open(path, "w") as f:
         f.write(content)
-    return True, f"File created successfully at: {path} ({content.count(chr(10)) + 1} lines)."
+    lines = content.count("\n") + 1
+    return True, f"File created successfully at: {path} ({lines} lines)."
 
 
 if __name__ == "__main__":
