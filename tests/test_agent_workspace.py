@@ -134,16 +134,31 @@ def test_diff_shows_every_change_and_leaves_the_index_alone(ws):
     assert ws.read_text("calc.py").endswith("a + b\n") and ws.exists("new.txt") and not ws.exists("README")
 
 
-def test_a_git_repository_keeps_its_history(repo):
+def test_a_git_repository_keeps_only_its_current_branchs_history(repo):
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t"}
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "one"]):
-        subprocess.run(cmd, cwd=repo, check=True, env=env)
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=repo, check=True, env=env, capture_output=True, text=True).stdout
+
+    git("init", "-q", "-b", "main")
+    git("add", "-A")
+    git("commit", "-qm", "one")
+    (repo / "calc.py").write_text("def add(a, b):\n    return a * b\n")
+    git("commit", "-qam", "two")
+    # a later fix on another branch, a tag and a remote: none may reach the episode (the release prunes them)
+    git("checkout", "-qb", "future")
     (repo / "calc.py").write_text("def add(a, b):\n    return a + b\n")
-    subprocess.run(["git", "commit", "-qam", "two"], cwd=repo, check=True, env=env)
+    git("commit", "-qam", "the fix")
+    fix = git("rev-parse", "HEAD").strip()
+    git("tag", "v-fix")
+    git("remote", "add", "origin", "https://example.invalid/repo.git")
+    git("checkout", "-q", "main")
     with Workspace.create(repo) as ws:
-        assert ws.bash("git log --format=%s") == "two\none\n"
+        assert ws.bash("git log --all --format=%s; git branch -a; git tag; git remote") == "two\none\n* main\n"
+        assert "fatal" in ws.bash(f"git cat-file -t {fix} 2>&1")  # the object itself is gone
         assert ws.diff() == ""
+    assert git("tag") == "v-fix\n"  # the source is untouched
 
 
 def test_commands_cannot_touch_the_host(ws, repo, tmp_path):

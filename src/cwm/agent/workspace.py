@@ -9,7 +9,7 @@ and one-shot commands, all inside the project's sandbox (or a Docker container).
         ws.reset()                                          # back to the pristine copy
 
 The copy is made once (`git init` + one commit when the source is not a repository, so `git diff`
-works; a repository keeps its history), kept pristine on the host, and copied again into the
+works; a repository keeps the history of its current branch), kept pristine on the host, and copied again into the
 sandbox at every reset. Paths are as the agent sees them: relative ones are under ws.root.
 """
 
@@ -24,6 +24,7 @@ import tempfile
 import uuid
 from typing import Any, Self
 
+from cwm.sandbox import Limits, run_command
 from cwm.sandbox.shell import (
     MAX_SESSION_OUTPUT,
     WORKSPACE_PATH,
@@ -31,8 +32,7 @@ from cwm.sandbox.shell import (
     BoxLimits,
     Shell,
     ShellOutput,
-    prepare_copy,
-)  # fmt: skip
+)
 
 __all__ = ["BoxLimits", "DockerWorkspace", "Workspace", "bash_feedback", "docker_available"]
 
@@ -54,6 +54,37 @@ def bash_feedback(out: ShellOutput) -> tuple[str, bool]:
         return out["output"], True
     text = {"timeout": SESSION_TIMED_OUT, "too_long": SESSION_TOO_LONG}.get(out["error_type"], SESSION_EXIT)
     return text + SESSION_RESTARTED, False
+
+
+# A repository's history is pruned to what its current branch descends from, as the release does
+# before an episode (cwm/rl/swerl/common.py retain_only_current_branch_ancestor_commits): no
+# remote, no other branch or tag, no reflog, unreachable objects gone, so no later commit (the fix)
+# can leak into the episode.
+_PRUNE_HISTORY = """
+for r in $(git remote); do git remote remove "$r"; done
+cur=$(git symbolic-ref --quiet --short HEAD || true)
+git for-each-ref --format='%(refname)' | while read -r ref; do
+  [ "$ref" = "refs/heads/$cur" ] || git update-ref -d "$ref"
+done
+git branch --unset-upstream >/dev/null 2>&1 || true
+git reflog expire --expire=now --all
+git gc -q --prune=now
+"""
+_MAKE_REPO = "git init -q; git add -A; git -c user.name=cwm -c user.email=cwm@localhost commit -q --no-verify --allow-empty -m base"
+
+
+def prepare_copy(source: str | os.PathLike, dest: str | os.PathLike, timeout: float = 300.0) -> str:
+    """Copy `source` to the new directory `dest` and make it the episode's repository: `git init` and
+    one commit if it is not a repository; if it is, its history pruned to the current branch's
+    ancestors. git runs in the sandbox (a repository's config could run programs). Returns HEAD."""
+    dest = os.fspath(dest)
+    shutil.copytree(os.fspath(source), dest, symlinks=True)
+    script = f"set -e\nif [ -e .git ]; then\n{_PRUNE_HISTORY}\nelse\n{_MAKE_REPO}\nfi\ngit rev-parse HEAD"
+    res = run_command(script, cwd=dest, limits=Limits(timeout=timeout, cpu_seconds=int(timeout),
+                                                         max_processes=64, max_file_bytes=1 << 30))
+    if not res.ok:
+        raise OSError(f"workspace: cannot make {dest} a git repository: {res.error}\n{res.stdout}{res.stderr}".strip())
+    return res.stdout.strip().splitlines()[-1]
 
 
 class Workspace:
@@ -177,7 +208,7 @@ class DockerWorkspace:
     root: str = WORKSPACE_PATH
     plugin_dir: str = DOCKER_PLUGIN_DIR
 
-    def __init__(self, source_dir: str | os.PathLike, image: str = "python:3.11-slim",
+    def __init__(self, source_dir: str | os.PathLike, image: str = "python:3.11",
                  session_timeout: float = SESSION_TIMEOUT, memory: str = "4g", pids: int = 512):
         why = docker_available()
         if why:

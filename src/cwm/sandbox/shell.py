@@ -54,7 +54,6 @@ from cwm.sandbox.core import (
     _launch,
     _libc,
     _run,
-    run_command,
 )  # fmt: skip
 
 __all__ = ["MAX_SESSION_OUTPUT", "SESSION_SENTINEL", "Box", "BoxLimits", "Shell", "ShellOutput"]
@@ -367,18 +366,3 @@ def _hold(source: str, path: str, uid: int, size: int, ready_w: int, hold_r: int
             pass
     finally:
         os._exit(0)
-
-
-def prepare_copy(source: str | os.PathLike, dest: str | os.PathLike, timeout: float = 120.0) -> str:
-    """Copy `source` to `dest` (a new directory) and make it a git repository with one commit if it
-    is not one (history kept if it is); git runs in the sandbox. Returns the HEAD commit."""
-    dest = os.fspath(dest)
-    shutil.copytree(os.fspath(source), dest, symlinks=True)
-    script = ("set -e; if [ ! -e .git ]; then git init -q; git add -A; "
-              "git -c user.name=cwm -c user.email=cwm@localhost commit -q --no-verify --allow-empty -m base; fi; "
-              "git rev-parse HEAD")
-    res = run_command(script, cwd=dest, limits=Limits(timeout=timeout, cpu_seconds=int(timeout),
-                                                         max_processes=64, max_file_bytes=1 << 30))
-    if not res.ok:
-        raise OSError(f"cannot make {dest} a git repository: {res.error}\n{res.stdout}{res.stderr}".strip())
-    return res.stdout.strip().splitlines()[-1]
