@@ -51,6 +51,7 @@ APPS = 8
 # Modules of an app that other apps may import, each with its reason.
 PUBLIC = {
     "cwm.eval.metrics": "the trace metrics: the debugger scores and aligns its predictions as the evaluation does",
+    "cwm.agent.bench": "the local SWE benchmark's tasks and a policy's run on them: `cwm eval swe-local`",
 }
 
 

@@ -23,15 +23,22 @@ from __future__ import annotations
 import ast
 import random
 import re
-import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 from cwm.agent import swebench
-from cwm.agent.task import Task, TaskError, commit_tree, diff_files, git, materialize, pristine_tree
+from cwm.agent.task import (
+    Task,
+    TaskError,
+    commit_tree,
+    diff_files,
+    git,
+    materialize,
+    pristine_tree,
+)
 
 # The command that runs one test file: no plugins (fast, and what the packages' tests need),
 # no bytecode or cache files written into the repository (they would show up in a diff).
@@ -49,9 +56,12 @@ class RepoSpec:
     pairs: list[tuple[str, str]]
     env: str = ""  # shell assignments before python, e.g. "PYTHONPATH=src"
     tasks: int = 16  # how many verified tasks to make from it
+    path: str | None = None  # a local directory instead of the sdist (sha256 then unused)
 
     @property
     def source(self) -> dict[str, str]:
+        if self.path:
+            return {"kind": "dir", "path": str(Path(self.path).resolve())}
         return {"kind": "pypi", "name": self.name, "version": self.version, "sha256": self.sha256}
 
     def test_cmd(self, test_file: str) -> str:
@@ -249,8 +259,8 @@ def issue_text(spec_name: str, version: str, test_cmd: str, f2p: list[str], erro
         lines.append(f"- `{t}`: {why}")
     if len(f2p) > len(shown):
         lines.append(f"- ... and {len(f2p) - len(shown)} more")
-    lines += ["", "These tests are right and must pass. Find the bug in the library code and fix it; "
-              "do not change the tests."]
+    lines += ["", ("These tests are right and must pass. Find the bug in the library code and fix it; "
+              "do not change the tests.")]
     return "\n".join(lines) + "\n"
 
 

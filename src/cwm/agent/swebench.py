@@ -27,9 +27,10 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from cwm.agent.task import Task, TaskError, apply_patch, materialize
 
@@ -251,8 +252,7 @@ def read_instances(path: str | os.PathLike, repos_dir: str | os.PathLike | None 
 
 def write_instances(path: str | os.PathLike, tasks: Iterable[Task]) -> None:
     with open(path, "w") as f:
-        for t in tasks:
-            f.write(json.dumps(task_to_instance(t)) + "\n")
+        f.writelines(json.dumps(task_to_instance(t)) + "\n" for t in tasks)
 
 
 def write_predictions(path: str | os.PathLike, predictions: Iterable[dict[str, Any]], model: str) -> None:

@@ -38,9 +38,10 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 SOURCE_KINDS = ("pypi", "dir", "git")
 # The git identity and date of the one commit of a materialized repository: fixed, so that
@@ -82,7 +83,7 @@ class Task:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any], where: str = "task") -> "Task":
+    def from_json(cls, obj: dict[str, Any], where: str = "task") -> Task:
         names = {f.name for f in dataclasses.fields(cls)}
         required = {f.name for f in dataclasses.fields(cls)
                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
@@ -121,8 +122,7 @@ def write_tasks(path: str | os.PathLike, tasks: Iterable[Task]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
-        for t in tasks:
-            f.write(json.dumps(t.to_json(), ensure_ascii=False) + "\n")
+        f.writelines(json.dumps(t.to_json(), ensure_ascii=False) + "\n" for t in tasks)
     os.replace(tmp, path)
 
 
@@ -152,7 +152,7 @@ def sdist_path(name: str, version: str, sha256: str, download: bool = True) -> P
     dest = cache_dir() / f"{name}-{version}"
     dest.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "-q", "-d", str(dest), f"{name}=={version}"]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    res = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if res.returncode != 0:
         raise TaskError(f"pip could not download {name}=={version}: {res.stderr.strip().splitlines()[-1:]}; "
                         "check the name, the version and the package registry")
@@ -207,7 +207,7 @@ def pristine_tree(source: dict[str, str], dest: str | os.PathLike, download: boo
         if not (src / ".git").exists() and not (src / "HEAD").exists():
             raise TaskError(f"{src} is not a git clone; clone the repository there (for SWE-bench: "
                             "repos_dir/<owner>__<name>)")
-        res = subprocess.run(["git", "-C", str(src), "archive", "--format=tar", source["commit"]], capture_output=True)
+        res = subprocess.run(["git", "-C", str(src), "archive", "--format=tar", source["commit"]], check=False, capture_output=True)
         if res.returncode != 0:
             raise TaskError(f"{src}: commit {source['commit'][:12]} not found ({res.stderr.decode().strip()}); "
                             "fetch it into the clone")
@@ -226,7 +226,7 @@ def pristine_tree(source: dict[str, str], dest: str | os.PathLike, download: boo
 def git(root: str | os.PathLike, *args: str, input: str | None = None, check: bool = True) -> str:
     """Run git in root with a fixed, user-independent configuration (no hooks, no global config)."""
     env = {**os.environ, **_GIT_ENV, "GIT_CEILING_DIRECTORIES": str(Path(root).resolve().parent)}
-    res = subprocess.run(["git", *_GIT_FLAGS, *args], cwd=root, input=input, capture_output=True, text=True, env=env)
+    res = subprocess.run(["git", *_GIT_FLAGS, *args], cwd=root, input=input, check=False, capture_output=True, text=True, env=env)
     if check and res.returncode != 0:
         raise TaskError(f"git {' '.join(args[:2])} failed in {root}: {res.stderr.strip()}")
     return res.stdout
@@ -250,7 +250,7 @@ def apply_patch(root: str | os.PathLike, patch: str) -> tuple[bool, str]:
     ok_git = (Path(root) / ".git").exists()
     args = ["apply", "--whitespace=nowarn"] if ok_git else ["--git-dir=/nonexistent", "apply", "--whitespace=nowarn"]
     env = {**os.environ, **_GIT_ENV, "GIT_CEILING_DIRECTORIES": str(Path(root).resolve().parent)}
-    res = subprocess.run(["git", *_GIT_FLAGS, *args, "-"], cwd=root, input=text, capture_output=True, text=True,
+    res = subprocess.run(["git", *_GIT_FLAGS, *args, "-"], cwd=root, input=text, check=False, capture_output=True, text=True,
                          env=env)
     return res.returncode == 0, res.stderr.strip()
 

@@ -49,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     trace.add_argument("--mode", choices=("free", "teacher"), default="free")
     _backend_flags(trace, f"default {TRACE_MAX_NEW_TOKENS}")
     _reasoning_parsers(sub)
+    from cwm.eval import swe_local
+
+    swe_local.add_arguments(sub.add_parser("swe-local", help="the local SWE benchmark: bug-fix tasks in real packages, "
+                                           "resolved rate of a policy (oracle, a chat server, a model)"))
 
 
 # The reasoning tasks: (help, default samples (the release's where it has one), --data help).
@@ -92,6 +96,10 @@ SETTINGS = ("task", "mode", "data", "model", "server", "samples", "temperature",
 def run(args) -> int:
     from cwm.backends import BackendError
 
+    if args.task == "swe-local":
+        from cwm.eval import swe_local
+
+        return swe_local.run(args)
     try:
         return _run(args)
     except (BackendError, FileNotFoundError, ValueError) as e:  # user-fixable: say what, no traceback
