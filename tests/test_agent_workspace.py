@@ -171,6 +171,13 @@ def test_commands_cannot_touch_the_host(ws, repo, tmp_path):
     assert int(out.strip().splitlines()[-1]) == ws._box.uid >= 200000
     # the test's own files (under the host's /tmp) are not there at all
     assert "No such file" in ws.bash(f"cat {repo}/calc.py")
+    # the host-side helpers act as the box's uid too: a link the agent made leads nowhere it could not go
+    ws.bash("ln -s /etc/shadow shadow; ln -s /etc/cwm-probe-link link")
+    with pytest.raises(FileNotFoundError, match="Permission denied"):
+        ws.read_text("shadow")
+    with pytest.raises(OSError, match="Permission denied"):
+        ws.write_text("link", "x")
+    assert not os.path.exists("/etc/cwm-probe-link")
 
 
 def test_an_episode_cannot_read_another_ones_workspace(repo):
