@@ -30,6 +30,7 @@ from cwm.tokenizer.specials import (
     THINKING_START,
 )
 from cwm.tokenizer.tokenizer import Tokenizer, TokenizerError
+from cwm.trace.format import FRAME_SEP, Trace, to_cwm_pieces  # the layer below: the trace format
 
 ROLES = ("system", "user", "assistant", "tool")
 THINK_START = "<think>\n"  # reasoning mode: the generation prompt ends with this
@@ -156,18 +157,16 @@ def split_trace_ids(tok: Tokenizer, pieces: Iterable[tuple[str, bool]]) -> Trace
     """Encode the pieces of a CWM trace text and cut the ids into prompt, frames and end."""
     pieces = _joined(pieces)
     if not pieces or pieces[0] != (BEGIN_OF_TEXT, True):
-        raise TokenizerError("trace pieces must start with <|begin_of_text|>")
+        raise TokenizerError(f"trace pieces must start with {BEGIN_OF_TEXT}")
     ids = tok.encode_pieces(pieces)
     cuts = [i + 1 for i, t in enumerate(ids) if t == tok.frame_sep_id]  # ends of prompt and frames
     if not cuts:
-        raise TokenizerError("trace pieces have no <|frame_sep|> closing the prompt")
+        raise TokenizerError(f"trace pieces have no {FRAME_SEP} closing the prompt")
     frames = [ids[a:b] for a, b in zip(cuts, cuts[1:])]
     return TraceIds(prompt=ids[: cuts[0]], frames=frames, end=ids[cuts[-1]:])
 
 
 def _trace_pieces(trace_or_source) -> list[tuple[str, bool]]:
-    from cwm.trace.format import Trace, to_cwm_pieces
-
     if isinstance(trace_or_source, str):  # a context (with its START_OF_TRACE marker), no frames yet
         trace_or_source = Trace(source=trace_or_source, entry="", frames=[])
     return to_cwm_pieces(trace_or_source)
