@@ -22,7 +22,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "serve": ("cwm.serve.cli", "serve a checkpoint over HTTP (/completions, /v1/completions, /health)"),
     "debug": ("cwm.debugger.cli", "neural debugger: the model predicts a program's execution frame by frame"),
     "agent": ("cwm.agent.cli", "the coding agent: run an episode, collect trajectories, make tasks (bash/edit/create/submit)"),
-    "eval": ("cwm.eval.cli", "evaluate trace prediction, CruxEval-O/I, HumanEval, LiveCodeBench, MATH-500, AIME; writes a results JSON"),
+    "eval": ("cwm.eval.cli", "evaluate trace prediction, CruxEval-O/I, HumanEval, LiveCodeBench, MATH-500, AIME, the local SWE benchmark; writes a results JSON"),
 }
 
 

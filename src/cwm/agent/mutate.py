@@ -407,6 +407,7 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True, help="task JSONL to write")
     p.add_argument("--repo", help="NAME==VERSION of a pure-Python sdist on the package registry (with --sha256, --pair)")
     p.add_argument("--sha256", help="the sdist's sha256 (pins it)")
+    p.add_argument("--path", help="a local repository directory instead of --repo (with --pair)")
     p.add_argument("--pair", action="append", default=[], metavar="MODULE:TEST_FILE",
                    help="a module to mutate and the test file that checks it, paths inside the sdist (repeatable)")
     p.add_argument("--env", default="", help="shell assignments for the test command, e.g. PYTHONPATH=src")
@@ -457,15 +458,23 @@ def run(args) -> int:
 
 
 def _specs(args) -> list[RepoSpec]:
-    if not args.repo:
+    if args.repo and args.path:
+        raise TaskError("give --repo NAME==VERSION or --path DIR, not both")
+    if not args.repo and not args.path:
         if args.pair or args.sha256:
-            raise TaskError("--pair and --sha256 go with --repo NAME==VERSION")
+            raise TaskError("--pair and --sha256 go with --repo NAME==VERSION (or --pair with --path DIR)")
         return SHIPPED_REPOS
-    name, sep, version = args.repo.partition("==")
-    if not sep or not name or not version:
-        raise TaskError(f"--repo {args.repo!r}: write it as NAME==VERSION (a pinned sdist)")
-    if not args.sha256 or not re.fullmatch(r"[0-9a-f]{64}", args.sha256):
-        raise TaskError("--repo needs --sha256 with the sdist's 64 hex digits (pip hash FILE prints it)")
+    if args.path:
+        if not Path(args.path).is_dir():
+            raise TaskError(f"--path {args.path}: no such directory")
+        name, version, sha256 = Path(args.path).resolve().name, "local", ""
+    else:
+        name, sep, version = args.repo.partition("==")
+        if not sep or not name or not version:
+            raise TaskError(f"--repo {args.repo!r}: write it as NAME==VERSION (a pinned sdist)")
+        sha256 = args.sha256 or ""
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise TaskError("--repo needs --sha256 with the sdist's 64 hex digits (pip hash FILE prints it)")
     pairs = []
     for pair in args.pair:
         module, sep, test_file = pair.partition(":")
@@ -473,5 +482,5 @@ def _specs(args) -> list[RepoSpec]:
             raise TaskError(f"--pair {pair!r}: write it as MODULE.py:TEST_FILE.py (paths inside the sdist)")
         pairs.append((module, test_file))
     if not pairs:
-        raise TaskError("--repo needs at least one --pair MODULE.py:TEST_FILE.py")
-    return [RepoSpec(name, version, args.sha256, pairs, env=args.env, tasks=args.count or 10)]
+        raise TaskError("give at least one --pair MODULE.py:TEST_FILE.py")
+    return [RepoSpec(name, version, sha256, pairs, env=args.env, tasks=args.count or 10, path=args.path)]

@@ -1,9 +1,10 @@
-"""`cwm eval cruxeval|trace|humaneval|lcb|math|aime|cruxeval-input`: score a model (local or
-served) and write a results JSON.
+"""`cwm eval cruxeval|trace|humaneval|lcb|math|aime|cruxeval-input|swe-local`: score a model (local
+or served) and write a results JSON.
 
 Each run prints a table and ends with the line `score: X`, the headline number as a fraction:
 pass@1 for CruxEval and the reasoning tasks, free-running (or teacher-forced) state exact match
-for traces. The reasoning tasks (cwm.eval.reasoning) run as the release's evaluations do.
+for traces, the resolved rate for swe-local (cwm.eval.swe_local). The reasoning tasks
+(cwm.eval.reasoning) run as the release's evaluations do.
 """
 
 from __future__ import annotations
