@@ -285,17 +285,24 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, seed: int | None = None) -> None:
-        """Normal(0, 0.02) weights; the projections that write into the residual stream (o_proj,
-        down_proj) scaled by 1/sqrt(2 * n_layers) so the stream's variance does not grow with depth
-        (GPT-2). Works after `to_empty()` from the meta device."""
+        """LeCun init: each matrix Normal(0, 1/sqrt(fan_in)), the embedding Normal(0, 1); the
+        projections that write into the residual stream (o_proj, down_proj) further scaled by
+        1/sqrt(2 * n_layers) so its variance does not grow with depth (GPT-2). GPT-2's fixed 0.02
+        is 1/sqrt(fan_in) for d_model ~2,500; on cwm-mini's 128 it is 4x too small: attention stays
+        uniform for hundreds of steps and no copy (induction) head forms (docs/cwm-mini.md).
+        Works after `to_empty()` from the meta device."""
         generator = None
         if seed is not None:
             generator = torch.Generator(device=self.embed_tokens.weight.device).manual_seed(seed)
-        residual_std = 0.02 / math.sqrt(2 * self.cfg.n_layers)
+        depth_scale = 1 / math.sqrt(2 * self.cfg.n_layers)
         for name, param in self.named_parameters():
             if name.endswith("norm.weight"):
                 nn.init.ones_(param)
+            elif param is self.embed_tokens.weight:
+                nn.init.normal_(param, std=1.0, generator=generator)
             else:
-                std = residual_std if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
+                std = param.shape[1] ** -0.5
+                if name.endswith(("o_proj.weight", "down_proj.weight")):
+                    std *= depth_scale
                 nn.init.normal_(param, std=std, generator=generator)
         self.inv_freq = rope_inv_freq(self.cfg, device=self.inv_freq.device)
