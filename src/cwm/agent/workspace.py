@@ -90,8 +90,6 @@ def prepare_copy(source: str | os.PathLike, dest: str | os.PathLike, timeout: fl
 class Workspace:
     """A sandboxed workspace (cwm.sandbox: no network, its own uid, rlimits, killed at the end)."""
 
-    root: str = WORKSPACE_PATH
-
     def __init__(self, source_dir: str | os.PathLike, limits: BoxLimits | None = None,
                  session_timeout: float = SESSION_TIMEOUT):
         source = os.fspath(source_dir)
@@ -104,7 +102,6 @@ class Workspace:
         except BaseException:
             shutil.rmtree(self._tmp, ignore_errors=True)
             raise
-        self.root = self._box.root
         self.session_timeout = session_timeout
         # the release's session exports the plugins' Python (default_configs.py PLUGIN_SETUP_SCRIPT)
         self.plugin_dir = PLUGIN_DIR
@@ -119,6 +116,11 @@ class Workspace:
         if backend == "docker":
             return DockerWorkspace(source_dir, **kwargs)
         raise ValueError(f"workspace backend {backend!r}: use 'sandbox' or 'docker'")
+
+    @property
+    def root(self) -> str:
+        """Where the agent sees the copy: /testbed (without root: the host temp dir of the copy)."""
+        return self._box.root
 
     # -- the agent's session
     def bash_result(self, command: str, timeout: float | None = None) -> ShellOutput:
