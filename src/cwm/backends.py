@@ -18,7 +18,11 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
+
+if TYPE_CHECKING:
+    from cwm.model import Transformer
+    from cwm.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ class Completion:
 
 
 class Backend(Protocol):
-    tokenizer: object  # what prompts are encoded with (cwm.tokenizer)
+    tokenizer: Tokenizer  # what prompts are encoded with
 
     def complete(
         self, prompt: Sequence[int] | str, stop: Sequence[str] = (), sampling: Sampling = Sampling()
@@ -77,8 +81,8 @@ def encode_prompt(tokenizer, prompt: Sequence[int] | str) -> list[int]:
 class LocalBackend:
     """Generate with a local checkpoint. One generation at a time (a lock), so threads may share it."""
 
-    model: object
-    tokenizer: object
+    model: Transformer
+    tokenizer: Tokenizer
     device: str = "cpu"
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -155,7 +159,7 @@ class HTTPBackend:
     """
 
     url: str
-    tokenizer: object
+    tokenizer: Tokenizer
     timeout_s: float = 600.0
     greedy_ok: bool | None = None  # temperature 0 is greedy there; None: ask the server's /health
 
