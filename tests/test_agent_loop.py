@@ -329,3 +329,14 @@ def test_open_policy_reads_scripts_and_trajectories(task, tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(PolicyError, match="not a script"):
         open_policy(str(tmp_path / "bad.json"))
+
+
+def test_collect_does_not_save_episodes_without_replies(task, tmp_path):
+    """An episode the policy could not answer (a server down) is not recorded as done: a rerun retries it."""
+    from cwm.agent.collect import CollectError
+
+    (tmp_path / "short.json").write_text(json.dumps(fix_by_hand()[:1]))
+    with pytest.raises(CollectError, match="got no reply from the policy.*rerun the same command"):
+        collect([task], tmp_path / "out", CollectParams(policy=str(tmp_path / "short.json"), limits=Limits(grade=False)))
+    assert list((tmp_path / "out" / "episodes").iterdir()) == []
+    assert not (tmp_path / "out" / "trajectories.jsonl").exists()

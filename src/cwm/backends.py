@@ -162,6 +162,7 @@ class HTTPBackend:
     tokenizer: Tokenizer
     timeout_s: float = 600.0
     greedy_ok: bool | None = None  # temperature 0 is greedy there; None: ask the server's /health
+    context_length: int | None = None  # the server's context in tokens; None: unknown, not checked
 
     def is_cwm_serve(self) -> bool:
         import httpx
@@ -217,9 +218,10 @@ class HTTPBackend:
 
 
 def open_backend(model: str | None = None, server: str | None = None, tokenizer: str | None = None,
-                 device: str = "cpu") -> Backend:
+                 device: str = "cpu", context: int | None = None) -> Backend:
     """The backend named by CLI flags: --model DIR, or --server URL with --tokenizer DIR; neither
-    is the shipped cwm-mini (cwm.models), whose tokenizer also serves a --server without one."""
+    is the shipped cwm-mini (cwm.models), whose tokenizer also serves a --server without one.
+    `context`: a server's context in tokens (a local model's is its own)."""
     from cwm.models import default_model
 
     if model and server:
@@ -228,4 +230,4 @@ def open_backend(model: str | None = None, server: str | None = None, tokenizer:
         return LocalBackend.from_dir(model or default_model(), device=device)
     from cwm.tokenizer import load_tokenizer
 
-    return HTTPBackend(url=server, tokenizer=load_tokenizer(tokenizer or default_model()))
+    return HTTPBackend(url=server, tokenizer=load_tokenizer(tokenizer or default_model()), context_length=context)

@@ -19,7 +19,9 @@ The output directory, like `cwm data build`'s:
 
 Resume: a rerun with the same command (after kill -9, a crash, Ctrl-C) skips the episodes whose
 file is there and runs the others; an episode cut off midway is run again from its start. With a
-deterministic policy the result equals an uninterrupted run.
+deterministic policy the result equals an uninterrupted run. An episode that ended because the
+policy gave no reply (a server down; exit_status policy_error) is not saved: the run ends with an
+error after the others, and a rerun retries it.
 """
 
 from __future__ import annotations
@@ -92,10 +94,15 @@ def collect(tasks: list, out: str | os.PathLike, params: CollectParams, workers:
     make_policy = open_policy or _policy_maker(params, tokenizer)
     lock = threading.Lock()
 
+    failed: list[Trajectory] = []
+
     def one(number: int) -> Trajectory:
         task, k = episodes[number]
         trajectory = run_one(task, make_policy(task, params.seed + k), params.backend, params.limits, tokenizer=tokenizer)
-        _write_atomic(out / EPISODES / episode_name(number), json.dumps(trajectory.to_json(), ensure_ascii=False))
+        if trajectory.exit_status == "policy_error":  # no reply (a server down): not done, a rerun retries it
+            failed.append(trajectory)
+        else:
+            _write_atomic(out / EPISODES / episode_name(number), json.dumps(trajectory.to_json(), ensure_ascii=False))
         return trajectory
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cwm-episode") as pool:
@@ -114,6 +121,9 @@ def collect(tasks: list, out: str | os.PathLike, params: CollectParams, workers:
                 future.cancel()
             raise
 
+    if failed:
+        raise CollectError(f"{len(failed)} episode(s) got no reply from the policy ({failed[0].message}); "
+                           "they are not saved: rerun the same command to retry them")
     trajectories = [Trajectory.from_json(json.loads((out / EPISODES / episode_name(n)).read_text(encoding="utf-8")))
                     for n in range(len(episodes))]
     write_jsonl(out / "trajectories.jsonl", (t.to_json() for t in trajectories))

@@ -128,7 +128,10 @@ def run_episode(task, policy: Callable[[list[dict]], str], workspace, limits: Li
     except Exception as e:  # a dead workspace has no diff; the episode's record still stands
         trajectory.message = (trajectory.message + "; " if trajectory.message else "") + f"no diff: {e}"
     if limits.grade and patch and (task.FAIL_TO_PASS or task.PASS_TO_PASS):
-        trajectory.resolved, trajectory.tests = grade(task, workspace, patch, limits.test_timeout)
+        try:
+            trajectory.resolved, trajectory.tests = grade(task, workspace, patch, limits.test_timeout)
+        except Exception as e:  # the workspace broke while grading: the episode stays ungraded
+            trajectory.message = (trajectory.message + "; " if trajectory.message else "") + f"grading failed: {e}"
     elif limits.grade and (task.FAIL_TO_PASS or task.PASS_TO_PASS):
         trajectory.resolved = False  # nothing submitted: not resolved (SWE-bench: an empty patch fails)
     trajectory.seconds = round(time.monotonic() - start, 3)
