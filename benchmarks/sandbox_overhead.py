@@ -71,7 +71,7 @@ def sandbox(x):
 
 def sandbox_without_reveal(x):
     plan = sandbox_module._mount_plan
-    sandbox_module._mount_plan = lambda uid, workspace: ([], [])
+    sandbox_module._mount_plan = lambda *args: ([], [])
     try:
         return sandbox(x)
     finally:
