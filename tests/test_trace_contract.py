@@ -57,6 +57,19 @@ def test_the_c_side_refuses_a_positional_tuple_from_python(monkeypatch):
     assert t.status == "tracer_error" and "track must return a _ctrace.Tracked, not tuple" in t.error
 
 
+def test_the_type_stub_names_what_the_c_module_exports():
+    stub = ast.parse((SRC / "trace" / "_ctrace.pyi").read_text())
+    top = {n.target.id for n in stub.body if isinstance(n, ast.AnnAssign)}
+    top |= {n.name for n in stub.body if isinstance(n, (ast.ClassDef, ast.FunctionDef))}
+    assert top == {name for name in dir(_ctrace) if not name.startswith("_")}
+    classes = {n.name: n for n in stub.body if isinstance(n, ast.ClassDef)}
+    tracked = [n.name for n in classes["Tracked"].body if isinstance(n, ast.FunctionDef) and n.name != "__new__"]
+    assert tuple(tracked) == _ctrace.Tracked.__match_args__
+    members = {n.name if isinstance(n, ast.FunctionDef) else n.target.id for n in classes["Tracer"].body
+               if isinstance(n, (ast.FunctionDef, ast.AnnAssign))} - {"__init__"}
+    assert members == {name for name in dir(_ctrace.Tracer) if not name.startswith("_")}
+
+
 PROGRAMS = {
     "calls, non-ASCII text, a local written in full after a return": (
         "def g(x):\n    return x * 2\n\ndef f(s):\n    t = s + 'é\\n<|frame_sep|>'\n    u = g(len(t))\n"

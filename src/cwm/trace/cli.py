@@ -73,7 +73,7 @@ def run(args) -> int:
     # the tracer stops itself at --timeout with the trace so far; the sandbox kill is the backstop
     result = run_function(fn, *fn_args, limits=Limits(timeout=args.timeout + 5), input=stdin, cwd=cwd, **options)
     if result.status == "error":  # the child raised: a TraceError (say, the call's arguments failed)
-        return _error(result.error.strip().splitlines()[-1].removeprefix("cwm.trace.recorder.TraceError: "))
+        return _error((result.error or "the trace failed").strip().splitlines()[-1].removeprefix("cwm.trace.recorder.TraceError: "))
     if result.ok:
         trace = result.value
     else:

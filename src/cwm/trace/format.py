@@ -19,6 +19,7 @@ import bisect
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from typing import NoReturn
 from json.encoder import encode_basestring_ascii as _json_str  # == json.dumps(str), in C
 
 from cwm.trace.tokens import (  # the format's spelled constants live there; re-exported here
@@ -257,7 +258,7 @@ class _Parser:
             return ParsedTrace(self.source, self.frames, False, e)
         return ParsedTrace(self.source, self.frames, self.complete)
 
-    def fail(self, message: str):
+    def fail(self, message: str) -> NoReturn:
         raise TraceParseError(message, self.offset, len(self.frames), list(self.frames))
 
     def peek(self) -> tuple[str, bool] | None:
@@ -366,7 +367,7 @@ class _Parser:
     def _json(self, text: str, kind: type, what: str):
         try:
             value = json.loads(text)
-        except ValueError as e:
+        except json.JSONDecodeError as e:
             self.offset -= len(text)
             self.fail(f"the {what} is not JSON ({e.msg} at character {e.pos} of {text[:60]!r})")
         if not isinstance(value, kind):

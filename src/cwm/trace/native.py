@@ -6,19 +6,21 @@ so they work in a source tree that pip did not build. Recording a trace there fa
 module's one clear line instead of a bare "No module named".
 """
 
-try:
-    from cwm.trace import _ctrace
-except ImportError as e:  # a source tree that pip did not build
+try:  # the names of its contract with Python (tests/test_trace_contract.py; types: _ctrace.pyi)
+    from cwm.trace._ctrace import (
+        CHANGED,  # how a local changed since the scope's previous frame
+        EVENTS,  # the event names it writes, in its order
+        FRAME_FIELDS,  # the format.Frame slots it fills, by name
+        REWRITTEN,
+        SAME,
+        Tracer,  # the trace function of a run
+        Tracked,  # what a scope remembers of a local (a struct sequence: named fields)
+        starts_with,  # an identity test of a container's first items
+    )
+except ImportError as e:  # a source tree that pip did not build (or built before a change to the C)
     raise ImportError(
         f"cwm's C tracer is not built ({e}): install cwm with `pip install -e .` (or `bash scripts/setup.sh`), "
         "which compiles src/cwm/trace/_ctrace.c and needs a C compiler and Python's headers"
     ) from e
 
-Tracer = _ctrace.Tracer  # the trace function of a run
-starts_with = _ctrace.starts_with  # an identity test of a container's first items
-# The contract's names (tests/test_trace_contract.py): how a local changed, what a scope remembers
-# of it (a struct sequence with named fields), the event names and format.Frame's fields the C
-# side writes.
-SAME, CHANGED, REWRITTEN = _ctrace.SAME, _ctrace.CHANGED, _ctrace.REWRITTEN
-Tracked = _ctrace.Tracked
-EVENTS, FRAME_FIELDS = _ctrace.EVENTS, _ctrace.FRAME_FIELDS
+__all__ = ["CHANGED", "EVENTS", "FRAME_FIELDS", "REWRITTEN", "SAME", "Tracer", "Tracked", "starts_with"]

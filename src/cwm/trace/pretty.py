@@ -16,8 +16,8 @@ def render_pretty(trace: Trace, console=None) -> None:
 
     console = console or Console()
     table = Table(title=f"trace of {trace.entry}", show_lines=False, box=None, pad_edge=False)
-    for name, justify in (("step", "right"), ("event", "left"), ("line", "right"), ("source", "left"), ("changes", "left")):
-        table.add_column(name, justify=justify, overflow="fold")
+    for name in ("step", "event", "line", "source", "changes"):
+        table.add_column(name, justify="right" if name in ("step", "line") else "left", overflow="fold")
     scopes = _Scopes()
     for step, frame in enumerate(trace.frames, start=1):
         written = scopes.written(frame)

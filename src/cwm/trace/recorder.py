@@ -287,7 +287,7 @@ def _registered_module(name: str, source: str, filename: str) -> Iterator[dict]:
     Whatever was registered before is put back afterwards."""
     module = types.ModuleType(name)
     module.__file__ = filename
-    module.__builtins__ = builtins
+    vars(module)["__builtins__"] = builtins
     saved_module = sys.modules.get(name)
     saved_lines = linecache.cache.get(filename)
     sys.modules[name] = module
@@ -306,6 +306,7 @@ def _registered_module(name: str, source: str, filename: str) -> Iterator[dict]:
 
 
 def _trace(rec: _Recorder, context: str, entry: str) -> Trace:
+    assert rec.status is not None  # run() always sets it
     return Trace(context, entry, rec.frames, rec.status, rec.return_value, rec.error)
 
 

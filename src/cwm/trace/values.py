@@ -28,6 +28,7 @@ import pickle
 import signal
 from collections import Counter, OrderedDict, defaultdict, deque
 from itertools import islice
+from typing import Any
 from json.encoder import encode_basestring_ascii as json_str  # == json.dumps(str), in C
 
 # The C trace function's side of the contract (by name): how a local changed, what a scope
@@ -125,7 +126,7 @@ class ValueRenderer:
         self.repr_timeout = repr_timeout
         self.guard_user_code = guard_user_code
         self._in_user_code = False
-        self._old_handler = None
+        self._old_handler: Any = None
 
     # -- the timer around user code ---------------------------------------------------------
     def __enter__(self) -> "ValueRenderer":
@@ -220,11 +221,13 @@ class ValueRenderer:
         fingerprint = None
         if truncated:  # a value that may change under us is fingerprinted now
             fingerprint = LATER if kept is not UNKEPT else self.fingerprint(value)
-        how = CHANGED if seen is None or seen.text != text else SAME
-        if how == SAME and truncated:  # the same text: did the value change where the text is cut?
-            fingerprint = _fingerprint_of(tracked(kept, items, text, 0, fingerprint, how))
-            if fingerprint is UNPICKLABLE or fingerprint != _fingerprint_of(seen):
-                how = REWRITTEN
+        how = CHANGED
+        if seen is not None and seen.text == text:
+            how = SAME
+            if truncated:  # the same text: did the value change where the text is cut?
+                fingerprint = _fingerprint_of(tracked(kept, items, text, 0, fingerprint, SAME))
+                if fingerprint is UNPICKLABLE or fingerprint != _fingerprint_of(seen):
+                    how = REWRITTEN
         return tracked(kept, items, text, len(json_str(text)), fingerprint, how)
 
     def text(self, value) -> str:
@@ -357,7 +360,7 @@ class ValueRenderer:
         return _emit(out, close, budget) if budget > 0 else budget
 
 
-_RECURSION = {
+_RECURSION: dict[type, str] = {
     list: "[...]", tuple: "(...)", dict: "{...}", set: "set(...)", frozenset: "frozenset(...)",
     deque: "[...]", defaultdict: "{...}", OrderedDict: "...", Counter: "...",
 }
@@ -411,15 +414,14 @@ def _sliced_repr(s: str | bytes, budget: int) -> str:
     """A prefix (at least `budget` characters when that long) of repr(s), in O(budget)."""
     if len(s) <= budget:
         return repr(s)
-    head = s[: budget + 1]
     # repr picks double quotes iff the text has ' and no ": decide on the whole string, then
     # force that choice on the slice by appending the other quote character and dropping it.
     if isinstance(s, bytes):
         double = b"'" in s and b'"' not in s
-        text = repr(head + (b"'" if double else b'"'))
+        text = repr(s[: budget + 1] + (b"'" if double else b'"'))
     else:
         double = "'" in s and '"' not in s
-        text = repr(head + ("'" if double else '"'))
+        text = repr(s[: budget + 1] + ("'" if double else '"'))
     return text[:-2]
 
 
