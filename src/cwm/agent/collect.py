@@ -170,12 +170,15 @@ def _policy_maker(params: CollectParams, tokenizer) -> Callable:
     shared: dict = {}
 
     def make(task, seed: int):
-        kwargs = dict(temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens, seed=seed)
+        def opened():
+            return open_policy(params.policy, task, temperature=params.temperature, top_p=params.top_p,
+                               max_tokens=params.max_tokens, seed=seed)
+
         if Path(params.policy).is_dir():
             if "local" not in shared:
-                shared["local"] = open_policy(params.policy, task, **kwargs)
+                shared["local"] = opened()
             return replace(shared["local"], seed=seed, _turn=0)
-        policy = open_policy(params.policy, task, **kwargs)
+        policy = opened()
         return ScriptedPolicy(list(policy.replies), policy.name) if isinstance(policy, ScriptedPolicy) else policy
 
     return make

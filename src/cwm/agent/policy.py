@@ -23,7 +23,10 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
+
+if TYPE_CHECKING:
+    from cwm.backends import LocalBackend
 
 THINK_START = "<think>\n"  # the release's assistant prefix in think-tag mode (prompts.think_tag_prompt)
 THINK_END = "</think>"
@@ -200,7 +203,7 @@ class LocalPolicy:
     than the model's context minus `max_new_tokens` is cut to its last tokens (the model sees a
     window; the loop's budget still counts the whole chat)."""
 
-    backend: object
+    backend: LocalBackend
     temperature: float = 1.0
     top_p: float = 0.95
     max_new_tokens: int = 4096
