@@ -21,9 +21,8 @@ def run(args) -> int:
     import uvicorn
 
     from cwm.backends import LocalBackend
-    from cwm.serve.app import create_app
-
     from cwm.models import default_model
+    from cwm.serve.app import create_app
 
     try:
         args.model = args.model or default_model()
@@ -33,6 +32,6 @@ def run(args) -> int:
         return 2
     name = args.name or Path(args.model).resolve().name
     app = create_app(backend, model_name=name)
-    print(f"serving {name} on http://{args.host}:{args.port} (/completions, /v1/completions, /health)")
+    print(f"serving {name} on http://{args.host}:{args.port} (/completions, /v1/completions, /v1/chat/completions, /health)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
