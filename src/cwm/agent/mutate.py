@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cwm.agent import swebench
 from cwm.agent.task import (
@@ -132,15 +133,15 @@ class _Offsets:
         line = self.lines[lineno - 1]
         return self.starts[lineno - 1] + len(line.encode()[:col].decode(errors="replace"))
 
-    def span(self, node: ast.AST) -> tuple[int, int]:
+    def span(self, node: Any) -> tuple[int, int]:  # an ast.expr or ast.stmt: positions known
         return self(node.lineno, node.col_offset), self(node.end_lineno, node.end_col_offset)
 
 
-def _one_line(*nodes: ast.AST) -> bool:
+def _one_line(*nodes: Any) -> bool:
     return all(n.lineno == n.end_lineno for n in nodes) and len({n.lineno for n in nodes}) == 1
 
 
-def _token_between(source: str, left: ast.AST, right: ast.AST, off: _Offsets, token: str) -> tuple[int, int] | None:
+def _token_between(source: str, left: Any, right: Any, off: _Offsets, token: str) -> tuple[int, int] | None:
     """The span of `token` in the gap between two operands, if the gap holds only it (and parens)."""
     start, end = off(left.end_lineno, left.end_col_offset), off(right.lineno, right.col_offset)
     gap = source[start:end]
@@ -215,7 +216,8 @@ def _node_mutations(source: str, node: ast.AST, off: _Offsets, docstring) -> Ite
 
 def _removed_branch(source: str, node: ast.If, off: _Offsets) -> Iterator[Mutation]:
     """Delete a whole `if` statement (no else) that shares its block with other statements."""
-    start, end = off(node.lineno, 0), off(node.end_lineno, 0) + len(off.lines[node.end_lineno - 1])
+    last = node.end_lineno or node.lineno
+    start, end = off(node.lineno, 0), off(last, 0) + len(off.lines[last - 1])
     if source[start:off(node.lineno, node.col_offset)].strip():
         return  # something before the `if` on its line
     yield Mutation("removed_branch", node.lineno, start, end, "")
@@ -379,8 +381,7 @@ def _try_mutant(spec: RepoSpec, root: Path, module: str, test_file: str, source:
                 test_cmd=test_cmd, test_files=[test_file], version=spec.version,
                 mutation={"kind": m.kind, "file": module, "line": m.line})
     with tempfile.TemporaryDirectory(prefix="cwm-task-") as tmp:
-        task.base_commit = materialize(task, Path(tmp) / "repo", check=False) and git(
-            Path(tmp) / "repo", "rev-parse", "HEAD").strip()
+        task.base_commit = git(materialize(task, Path(tmp) / "repo", check=False), "rev-parse", "HEAD").strip()
     return task
 
 
