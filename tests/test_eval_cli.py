@@ -99,6 +99,7 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert run_cli(["trace", "--data", str(tmp_path), "--model", str(tmp_path)]) == 2
     assert run_cli(["cruxeval", "--server", "http://127.0.0.1:9"]) == 2  # no --tokenizer
     assert run_cli(["cruxeval", "--model", "m", "--server", "http://x"]) == 2
+    assert run_cli(["cruxeval", "--context", "64"]) == 2  # the shipped local model's context is its own
     err = capsys.readouterr().err
-    assert err.count("error:") == 3 and "Traceback" not in err
+    assert err.count("error:") == 4 and "Traceback" not in err and "--context (at least 2 tokens) is for --server" in err
     assert not list(Path.cwd().glob("eval-cruxeval-*.jsonl"))  # a run that failed to start leaves no results file

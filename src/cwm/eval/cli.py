@@ -112,8 +112,8 @@ def _settings(args) -> dict:
     """What the items depend on, paths made absolute (the same run from another directory resumes)."""
     settings = {k: getattr(args, k, None) for k in SETTINGS}
     for k in ("data", "model"):
-        if settings[k]:
-            settings[k] = str(Path(settings[k]).resolve())
+        if path := settings[k]:
+            settings[k] = str(Path(path).resolve())
     settings.setdefault("samples", 1)
     return settings
 
@@ -124,7 +124,7 @@ def _run(args) -> int:
     samples = getattr(args, "samples", 1)
     if samples < 1:
         raise ValueError(f"--samples must be at least 1, not {samples}")
-    if args.context is not None and (args.context < 2 or args.model):
+    if args.context is not None and (args.context < 2 or not args.server):
         raise ValueError("--context (at least 2 tokens) is for --server; a local model's context is its own")
     if args.task in REASONING:
         return _run_reasoning(args, samples)
@@ -145,9 +145,7 @@ def _run(args) -> int:
 
         cases = load_cases(args.data, args.limit)
     out, log = _open_log(args)
-    backend = open_backend(args.model, args.server, args.tokenizer or args.model, args.device)
-    if args.context is not None:
-        backend.context_length = args.context
+    backend = open_backend(args.model, args.server, args.tokenizer or args.model, args.device, context=args.context)
     started = time.time()
     try:
         if args.task == "cruxeval":
@@ -197,9 +195,7 @@ def _run_reasoning(args, samples: int) -> int:
             raise ValueError("--tokenizer and --context are for --api completions; the chat API's server tokenizes itself")
         chat = OpenAIChat(args.server)
     else:
-        backend = open_backend(args.model, args.server, args.tokenizer or args.model, args.device)
-        if args.context is not None:
-            backend.context_length = args.context
+        backend = open_backend(args.model, args.server, args.tokenizer or args.model, args.device, context=args.context)
         chat = TokenChat(backend)
     out, log = _open_log(args)
     started = time.time()

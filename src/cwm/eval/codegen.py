@@ -54,7 +54,7 @@ STDIO_SENTENCE = " Your code should read from and write to standard io."
 LCB_WINDOWS = {"v5": (datetime(2024, 10, 1), datetime(2025, 2, 1)),
                "v6": (datetime(2024, 8, 1), datetime(2025, 5, 1))}
 # The hub's livecodebench/code_generation_lite: release v1_vN is test.jsonl, test2.jsonl .. testN.jsonl.
-LCB_FILES = {"v5": ("test.jsonl", "test2.jsonl", "test3.jsonl", "test4.jsonl", "test5.jsonl")}
+LCB_FILES: dict[str, tuple[str, ...]] = {"v5": ("test.jsonl", "test2.jsonl", "test3.jsonl", "test4.jsonl", "test5.jsonl")}
 LCB_FILES["v6"] = LCB_FILES["v5"] + ("test6.jsonl",)
 LCB_TEST_TIMEOUT = 6.0  # seconds per test (cwm/exec/code/eval/python.py, exec_lcbcodegen_tests)
 
@@ -175,7 +175,7 @@ def _run_stdio(code: str) -> None:
 
 
 def _call(code: str, name: str, args: list):
-    namespace = {"__name__": "solution"}
+    namespace: dict = {"__name__": "solution"}
     exec(compile(code, "<solution>", "exec"), namespace)
     target = namespace["Solution"]() if "Solution" in namespace else None
     fn = getattr(target, name) if target is not None else namespace[name]

@@ -47,7 +47,7 @@ def output_of(frames: list[Frame]) -> str | None:
 @dataclass
 class TraceScore:
     steps: int  # max(len(real), len(predicted)): the denominator of the per-step rates
-    valid: bool
+    valid: float  # 1.0 or 0.0; teacher-forced: the fraction of frames that parsed
     output: bool
     action: float  # by position
     state: float
@@ -64,7 +64,7 @@ def _rate(hits: int, steps: int) -> float:
     return hits / steps if steps else 1.0
 
 
-def score_trace(predicted: list[Frame], real: list[Frame], valid: bool = True) -> TraceScore:
+def score_trace(predicted: list[Frame], real: list[Frame], valid: float = True) -> TraceScore:
     steps = max(len(real), len(predicted))
     pairs = list(zip(predicted, real))
     action_hits = [action_of(p) == action_of(r) for p, r in pairs]
@@ -99,7 +99,7 @@ METRICS = ("valid", "action", "state", "output", "action_aligned", "state_aligne
 def aggregate(scores: list[TraceScore]) -> dict:
     """Means over traces (each trace weighs the same), plus accuracy by step index."""
     n = len(scores)
-    out = {name: (sum(float(getattr(s, name)) for s in scores) / n if n else 0.0) for name in METRICS}
+    out: dict = {name: (sum(float(getattr(s, name)) for s in scores) / n if n else 0.0) for name in METRICS}
     out["traces"] = n
     diverged = [s.first_divergence for s in scores if s.first_divergence is not None]
     out["diverged"] = len(diverged)

@@ -14,15 +14,19 @@ trace has a call (the debugger's `next`) skips the callee's body to its return.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cwm.backends import BackendError, Completion, Sampling, encode_prompt, split_stops
 from cwm.eval.metrics import follow_real
 from cwm.trace.format import END_OF_TEXT, EVENT_SEP, FRAME_SEP, Frame
 
+if TYPE_CHECKING:
+    from cwm.tokenizer import Tokenizer
+
 
 @dataclass
 class OracleBackend:
-    tokenizer: object
+    tokenizer: Tokenizer
     context_ids: list[int]  # <|begin_of_text|><|trace_context_start|>SOURCE<|frame_sep|>
     frame_ids: list[list[int]]  # each frame's ids, ending with <|frame_sep|>
     frames: list[Frame]  # the same frames, for their events and depths
@@ -73,7 +77,7 @@ class OracleBackend:
 class OracleSet:
     """Several oracles behind one backend: each prompt goes to the trace whose context it starts with."""
 
-    tokenizer: object
+    tokenizer: Tokenizer
     oracles: list[OracleBackend]
 
     def complete(self, prompt, stop=(), sampling=Sampling()) -> Completion:

@@ -28,9 +28,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cwm.tokenizer.prompts import THINK_END, THINK_START, system_prompt
+
+if TYPE_CHECKING:
+    from cwm.backends import Backend
 
 SYSTEM_PROMPT = system_prompt(reasoning=True)  # "You are a helpful AI assistant. You always reason ..."
 TEMPERATURE, TOP_P = 1.0, 0.95  # evals/configs/eval_lcb.yaml, eval_math.yaml
@@ -64,7 +67,7 @@ class Chat(Protocol):
 class TokenChat:
     """A chat continued as token ids by a backend (cwm.backends: local, or a server's /completions)."""
 
-    backend: object
+    backend: Backend
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         from cwm.tokenizer.prompts import chat_ids

@@ -15,7 +15,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, TextIO
 
 
 class TooLong(ValueError):
@@ -53,7 +53,7 @@ class ResultsLog:
         self.path = Path(path)
         self.settings = settings
         self.done: dict[str, dict] = {}
-        self._file = None  # opened at the first item: a run that fails before any leaves no file
+        self._file: TextIO | None = None  # opened at the first item: a run that fails before any leaves no file
         if self.path.exists() and not fresh:
             self._read()
 

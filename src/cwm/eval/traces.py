@@ -180,7 +180,8 @@ def run_traces(backend: Backend, cases: list[Case], mode: str, sampling: Samplin
                                  "predicted": frames_to_json(prediction.frames)}
         if log is not None:
             log.add(item)
-    items = [fresh.get(c.id) or log.done[str(c.id)] for c in cases]
+    logged = log.done if log is not None else {}
+    items = [fresh.get(c.id) or logged[str(c.id)] for c in cases]
     aggregates = aggregate([TraceScore(**item["score"]) for item in items])
     aggregates["failed"] = sum(item["failed"] for item in items)  # prompts that did not fit the context
     return {"task": "trace", "mode": mode, "headline": "state", "aggregates": aggregates, "items": items}
