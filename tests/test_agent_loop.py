@@ -340,3 +340,17 @@ def test_collect_does_not_save_episodes_without_replies(task, tmp_path):
         collect([task], tmp_path / "out", CollectParams(policy=str(tmp_path / "short.json"), limits=Limits(grade=False)))
     assert list((tmp_path / "out" / "episodes").iterdir()) == []
     assert not (tmp_path / "out" / "trajectories.jsonl").exists()
+
+
+def test_chat_policy_through_cwm_serve(task):
+    """The project's own chat endpoint serving the shipped cwm-mini: the mechanics, end to end."""
+    from conftest import serving
+
+    from cwm.backends import LocalBackend
+    from cwm.models import default_model
+
+    with serving(LocalBackend.from_dir(default_model()), model_name="cwm-mini") as url:
+        t = run_one(task, ChatPolicy(url, max_tokens=24, temperature=1.0, seed=0), limits=Limits(max_turns=2))
+    assert (t.exit_status, t.turns, t.resolved) == ("max_turns", 2, False), t.message
+    replies = [m["content"] for m in t.messages if m["role"] == "assistant"]
+    assert len(replies) == 2 and all(r.startswith("<think>\n") and len(r) > len("<think>\n") for r in replies)
