@@ -115,8 +115,17 @@ def test_cli_subprocess_exit_code_and_no_traceback(tmp_path):
 def test_dry_run_of_the_32b_recipe_prints_its_plan(capsys):
     from cwm.cli import main
 
-    out = cwm_train("--config", "configs/cwm-32b-pretrain.toml", "--dry-run")  # the real command, once
+    # The real command, once, reporting its peak memory: the model is built as a run builds it
+    # (trainer.build_model, activation checkpointing on) on the meta device: 32.5B fp32 parameters
+    # would take 130 GB.
+    report = "import resource, sys; print('peak_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)"
+    command = f"import sys; from cwm.cli import main; rc = main(sys.argv[1:]); {report}; sys.exit(rc)"
+    out = subprocess.run(
+        [sys.executable, "-c", command, "train", "--config", "configs/cwm-32b-pretrain.toml", "--dry-run"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
     assert out.returncode == 0, out.stderr
+    assert int(out.stderr.split("peak_kib")[-1]) < 1.5 * 2**20  # KiB: under 1.5 GiB
     text = out.stdout
     assert "32,5" in text and "(32.5" in text  # 32.5xB parameters, counted on the meta device
     assert "8,192 tokens" in text  # context

@@ -1,8 +1,10 @@
 """Data-parallel (DDP) and sharded (FSDP2) training under a real `torchrun` with 2 CPU processes
-(gloo): the same global batch gives the same losses as one process, and the checkpoint a sharded
-run writes is the same model in the Hugging Face layout."""
+(gloo): the same global batch gives the same losses as one process, a sharded run's step
+checkpoints are one shard per rank and resume at 2 ranks or 1, and its final export is the same
+model in the Hugging Face layout."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -67,7 +69,16 @@ def test_two_processes_match_one(run_config, single, tmp_path, parallel, mode, s
         load_pretrained(tmp_path / parallel / "final").state_dict(),
     )
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
-    if parallel == "fsdp":  # resume the sharded run from its step-3 checkpoint: the same steps 4-6 again
+    if parallel == "fsdp":
+        # the step checkpoint is one shard per rank (DCP), no whole model anywhere
+        step3 = tmp_path / parallel / "checkpoints/step_00000003"
+        assert sorted(p.name for p in (step3 / "dcp").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+        assert not list(step3.glob("*.safetensors"))
+        # resume the sharded run from its step-3 checkpoint: the same steps 4-6 again
+        shutil.copytree(tmp_path / parallel, tmp_path / "one")
         again, log = train(run_config, tmp_path / parallel, 2, "train.parallel='fsdp'", "log.console=true", "--resume")
         assert "resumed from" in log and sorted(again) == list(range(1, 7))
         assert again == pytest.approx(double, abs=1e-6)
+        # and in one process: DCP reshards the two ranks' shards
+        alone, log = train(run_config, tmp_path / "one", 1, "log.console=true", "--resume")
+        assert "resumed from" in log and alone == pytest.approx(double, abs=2e-5)

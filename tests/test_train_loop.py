@@ -3,6 +3,7 @@ honoured, phases chain, checkpoints resume exactly after a real SIGKILL, evaluat
 
 import math
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -12,11 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
+from cwm.cli import main as cwm_main
 from cwm.data.packed import PackedWriter
-from cwm.model import Transformer, get_preset, load_pretrained
+from cwm.model import Transformer, get_preset, load_pretrained, save_pretrained
 from cwm.train.bytedata import write_byte_dataset
-from cwm.train.checkpoint import step_checkpoints
+from cwm.train.checkpoint import rng_state, step_checkpoints, step_path
 from cwm.train.config import ConfigError, load_config
 from cwm.train.data import make_batch
 from cwm.train.logging import read_jsonl
@@ -258,29 +261,129 @@ class _Payload:
         return (Path.touch, (Path(self.marker),))
 
 
+def _resume_fails(cfg_path, run_dir):
+    """--resume of `run_dir`: exit 2 and one line (returned), no traceback."""
+    resumed = subprocess.run(_cli(cfg_path, run_dir, "--resume"), capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 2, resumed.stderr
+    assert "Traceback" not in resumed.stderr and len(resumed.stderr.strip().splitlines()) == 1, resumed.stderr
+    return resumed.stderr
+
+
 def test_resume_reads_the_state_as_plain_data_and_refuses_a_pickled_object(code_data, tmp_path):
     cfg = config(code_data, tmp_path / "run", "train.max_steps=2", "checkpoint.every=1", "log.tensorboard=false")
     Trainer(cfg).train()
-    state_file = step_checkpoints(tmp_path / "run")[-1][1] / "trainer_state.pt"
+    step_dir = step_checkpoints(tmp_path / "run")[-1][1]
+    state_file = step_dir / "trainer_state.pt"
     state = torch.load(state_file, weights_only=True)  # what was saved is plain data
-    assert state["step"] >= 1 and set(state) == {"step", "optimizer", "scheduler", "data", "rng"}
+    assert state["step"] >= 1 and set(state) == {"step", "scheduler", "data", "rng"}
+    cfg_path = tmp_path / "run.toml"
+    cfg_path.write_text((tmp_path / "run/config.toml").read_text())
 
     marker = tmp_path / "payload-ran"
     torch.save(state | {"data": _Payload(marker)}, state_file)
-    cfg_path = tmp_path / "run.toml"
-    cfg_path.write_text((tmp_path / "run/config.toml").read_text())
-    resumed = subprocess.run(_cli(cfg_path, tmp_path / "run", "--resume"), capture_output=True, text=True, timeout=120)
-    assert resumed.returncode == 2, resumed.stderr
-    assert "refused" in resumed.stderr and "trainer_state.pt" in resumed.stderr
-    assert "Traceback" not in resumed.stderr and len(resumed.stderr.strip().splitlines()) == 1
+    error = _resume_fails(cfg_path, tmp_path / "run")
+    assert "refused" in error and "trainer_state.pt" in error
     assert not marker.exists()  # the object was never built
+    torch.save(state, state_file)
 
-    torch.save(state, state_file)  # a sound state, but a damaged weight shard: named in one line
-    shard = next(state_file.parent.glob("model-*.safetensors"))
+    index = step_dir / "dcp/.metadata"  # DCP's index is a pickle: only its own classes are built
+    sound = index.read_bytes()
+    index.write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(ConfigError, match=f"--resume: {index}: refused: pathlib.Path.touch is not part"):
+        Trainer(cfg, resume=True)
+    assert not marker.exists()
+    index.write_bytes(sound)
+
+    shard = step_dir / "dcp/__0_0.distcp"  # a damaged shard: the checkpoint named
     shard.write_bytes(shard.read_bytes()[:1000])
-    resumed = subprocess.run(_cli(cfg_path, tmp_path / "run", "--resume"), capture_output=True, text=True, timeout=120)
-    assert resumed.returncode == 2 and len(resumed.stderr.strip().splitlines()) == 1, resumed.stderr
-    assert f"--resume: {shard}: " in resumed.stderr and "truncated" in resumed.stderr
+    with pytest.raises(ConfigError, match=f"--resume: {step_dir / 'dcp'}: cannot be read"):
+        Trainer(cfg, resume=True)
+
+
+def _steps(trainer, n):
+    """`n` training steps without the loop around them (no logging, no checkpoints)."""
+    for _ in range(n):
+        trainer.train_step()
+        trainer.step += 1
+
+
+def test_a_step_checkpoint_written_before_dcp_still_resumes_exactly(code_data, tmp_path):
+    """Runs started before step checkpoints were sharded have the weights as safetensors and the
+    whole optimizer in trainer_state.pt; --resume continues them to the uninterrupted losses."""
+    overrides = ("train.max_steps=6", "log.tensorboard=false")
+    Trainer(config(code_data, tmp_path / "whole", *overrides)).train()
+    old = Trainer(config(code_data, tmp_path / "old", *overrides))
+    _steps(old, 3)
+    legacy = step_path(tmp_path / "old", 3)  # that layout, as it was written
+    save_pretrained(old.module, legacy)
+    full = StateDictOptions(full_state_dict=True)
+    state = {"step": 3, "scheduler": old.scheduler.state_dict(), "data": old.sampler.state_dict(), "rng": [rng_state()]}
+    torch.save(state | {"optimizer": get_optimizer_state_dict(old.model, old.optimizer, options=full)}, legacy / "trainer_state.pt")
+
+    resumed = Trainer(config(code_data, tmp_path / "old", *overrides), resume=True)
+    assert resumed.step == 3
+    resumed.train()
+    expected, got = losses(tmp_path / "whole"), losses(tmp_path / "old")
+    assert sorted(got) == [4, 5, 6] and all(abs(expected[s] - got[s]) <= 1e-6 for s in got)
+
+
+def test_export_writes_a_step_checkpoint_as_a_hugging_face_model(code_data, tmp_path, capsys):
+    trainer = Trainer(config(code_data, tmp_path / "run", "train.max_steps=2", "log.tensorboard=false"))
+    trainer.train()
+    step_dir = trainer.save(step_path(tmp_path / "run", 2))  # the same weights as final/, sharded
+    assert (step_dir / "dcp/.metadata").is_file() and not list(step_dir.glob("*.safetensors"))
+    assert cwm_main(["train", "--export", str(step_dir), "--out", str(tmp_path / "hf")]) == 0
+    final, exported = load_pretrained(tmp_path / "run/final").state_dict(), load_pretrained(tmp_path / "hf").state_dict()
+    assert exported.keys() == final.keys() and all(torch.equal(exported[k], final[k]) for k in final)
+    assert cwm_main(["train", "--export", str(step_dir), "--out", str(tmp_path / "bf16"), "--dtype", "bf16"]) == 0
+    half = load_pretrained(tmp_path / "bf16").state_dict()
+    assert all(v.dtype == torch.bfloat16 and torch.allclose(v.float(), final[k], atol=1e-2) for k, v in half.items())
+    capsys.readouterr()
+    for argv, message in [
+        (["--export", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")], "not a training checkpoint"),
+        (["--export", str(step_dir)], "--export CHECKPOINT --out DIR"),
+        ([], "--config is required"),
+    ]:
+        assert cwm_main(["train", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_non_finite_step_changes_nothing_and_training_goes_on(code_data, tmp_path):
+    trainer = Trainer(config(code_data, tmp_path / "run", "train.max_steps=10", "log.tensorboard=false"))
+    trainer.train_step()
+    norm = trainer.module.norm.weight
+    with torch.no_grad():
+        sound, norm[0] = norm[0].item(), float("nan")  # every logit is NaN now
+    weights = {k: v.clone() for k, v in trainer.module.state_dict().items()}
+    adam = [s["step"].item() for s in trainer.optimizer.state.values()]
+    loss, grad_norm, _ = trainer.train_step()
+    assert not loss.isfinite() and int(trainer.skipped) == 1 and int(trainer.skipped_in_a_row) == 1
+    after = trainer.module.state_dict()
+    assert all(torch.equal(after[k].nan_to_num(), v.nan_to_num()) for k, v in weights.items())  # NaN where it was
+    assert [s["step"].item() for s in trainer.optimizer.state.values()] == adam  # AdamW did not step
+    with torch.no_grad():
+        norm[0] = sound
+    loss, grad_norm, _ = trainer.train_step()
+    assert loss.isfinite() and int(trainer.skipped_in_a_row) == 0 and int(trainer.longest_skip_run) == 1
+    assert not torch.equal(trainer.module.state_dict()["lm_head.weight"], weights["lm_head.weight"])
+
+
+def test_a_diverging_run_stops_after_n_skipped_steps_in_a_row(code_data, tmp_path):
+    train, _ = code_data
+    cfg_path = tmp_path / "run.toml"  # lr 1e30: step 1 blows the weights up, later gradients are NaN
+    cfg_path.write_text(
+        f'[model]\noverrides = {TINY}\n[data]\ntrain = ["{train}"]\n'
+        "[train]\ndevice = \"cpu\"\nmax_steps = 30\nglobal_batch_size = 8\nmicro_batch_size = 8\nmax_nonfinite_steps = 3\n"
+        "[optim]\nlr = 1e30\ngrad_clip = 0.0\n[log]\nconsole = false\ntensorboard = false\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(_cli(cfg_path, tmp_path / "run"), env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert "not finite in 3 steps in a row" in run.stderr and "lower optim.lr" in run.stderr
+    records = read_jsonl(tmp_path / "run/metrics.jsonl")
+    assert [r["skipped"] for r in records] == [0, 1, 1, 1]  # stopped at the third skipped step
+    assert not (tmp_path / "run/final").exists()
 
 
 def test_train_threads_sets_torchs_cpu_threads(code_data, tmp_path):

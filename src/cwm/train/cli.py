@@ -1,4 +1,6 @@
-"""`cwm train --config configs/NAME.toml [section.key=value ...] [--resume] [--dry-run]`.
+"""`cwm train --config configs/NAME.toml [section.key=value ...] [--resume] [--dry-run]`, and
+`cwm train --export RUN/checkpoints/step_N --out DIR [--dtype bf16]` (a step checkpoint as a
+Hugging Face model directory).
 
 Under torchrun (`torchrun --nproc-per-node N -m cwm train --config ...`) the same command trains
 data-parallel (train.parallel = "ddp") or sharded (train.parallel = "fsdp").
@@ -12,7 +14,7 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="a training config (TOML), e.g. configs/smoke.toml")
+    parser.add_argument("--config", help="a training config (TOML), e.g. configs/smoke.toml")
     parser.add_argument(
         "overrides", nargs="*", metavar="section.key=value", help="override config values (TOML syntax)"
     )
@@ -20,10 +22,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="build the model on the meta device and print the plan; train nothing"
     )
+    parser.add_argument(
+        "--export", metavar="CHECKPOINT", help="write a step checkpoint (RUN/checkpoints/step_N) as a Hugging Face model to --out"
+    )
+    parser.add_argument("--out", metavar="DIR", help="with --export: the directory to write")
+    parser.add_argument(
+        "--dtype", choices=("fp32", "bf16", "fp16"), help="with --export: the weights' dtype (default: as trained)"
+    )
 
 
 def run(args) -> int:
+    if args.export or args.out or args.dtype:
+        return export(args)
+    if not args.config:
+        print("cwm train: error: --config is required (or --export CHECKPOINT --out DIR)", file=sys.stderr)
+        return 2
     from cwm.train.config import ConfigError, load_config
+    from cwm.train.trainer import TrainingError
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -40,11 +55,32 @@ def run(args) -> int:
     except ConfigError as e:
         print(f"cwm train: error: {e}", file=sys.stderr)
         return 2
+    except TrainingError as e:
+        print(f"cwm train: error: {e}", file=sys.stderr)
+        return 1
     finally:
         if "torch" in sys.modules:
             from cwm.train.distributed import shutdown_distributed
 
             shutdown_distributed()
+
+
+def export(args) -> int:
+    if not (args.export and args.out) or args.config or args.overrides or args.resume or args.dry_run:
+        print("cwm train: error: export as `cwm train --export CHECKPOINT --out DIR [--dtype bf16]`", file=sys.stderr)
+        return 2
+    import torch
+
+    from cwm.train.checkpoint import CheckpointStateError, export_checkpoint
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, None: None}[args.dtype]
+    try:
+        out = export_checkpoint(args.export, args.out, dtype=dtype)
+    except (CheckpointStateError, OSError) as e:
+        print(f"cwm train: error: --export: {e}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
 
 
 def print_plan(cfg) -> None:
@@ -53,14 +89,13 @@ def print_plan(cfg) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from cwm.model import Transformer
     from cwm.model.config import format_bytes
-    from cwm.train.trainer import make_plan, memory_per_device
+    from cwm.train.distributed import DistInfo
+    from cwm.train.trainer import build_model, make_plan, memory_per_device
 
     world = int(os.environ.get("WORLD_SIZE", cfg.train.plan_world_size))
     plan = make_plan(cfg, world)
-    with torch.device("meta"):
-        model = Transformer(plan.model_config)
+    _, model = build_model(plan.model_config, DistInfo(device=torch.device("meta")), cfg.train)  # as the run builds it
     params = sum(p.numel() for p in model.parameters())
     sharded = cfg.train.parallel == "fsdp" and world > 1
     memory = memory_per_device(plan, cfg, sharded)

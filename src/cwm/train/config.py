@@ -71,6 +71,7 @@ class TrainSection:
     compile: bool = False  # torch.compile each block
     threads: int = 0  # CPU threads for torch (torch.set_num_threads); 0 = torch's default (all cores)
     plan_world_size: int = 1  # GPUs assumed by the --dry-run plan (the real run uses torchrun's)
+    max_nonfinite_steps: int = 10  # stop after this many skipped (non-finite loss/grad) steps in a row; 0 = never
 
 
 @dataclass
@@ -227,6 +228,7 @@ def check_config(cfg: TrainConfig) -> None:
     need(0 <= s.min_lr_ratio <= 1, f"schedule.min_lr_ratio = {s.min_lr_ratio} must be in [0, 1]")
     need(0 < s.decay_fraction <= 1, f"schedule.decay_fraction = {s.decay_fraction} must be in (0, 1]")
     need(s.warmup_steps >= 0, "schedule.warmup_steps must be >= 0")
+    need(t.max_nonfinite_steps >= 0, "train.max_nonfinite_steps must be >= 0 (0 = never stop)")
     need(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last must be >= 1")
     need(cfg.log.every >= 1, "log.every must be >= 1")
     if d.weights:

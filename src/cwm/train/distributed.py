@@ -8,6 +8,7 @@ another launcher) set WORLD_SIZE > 1. Wrapping is applied from outside the model
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -72,8 +73,18 @@ def barrier() -> None:
         dist.barrier()
 
 
-def parallelize(model: torch.nn.Module, info: DistInfo, parallel: str, activation_checkpointing: bool, compile: bool):
-    """Apply activation checkpointing, compile and DDP/FSDP2 to a model whose weights are set."""
+def parallelize(
+    model: torch.nn.Module,
+    info: DistInfo,
+    parallel: str,
+    activation_checkpointing: bool,
+    compile: bool,
+    materialize: Callable[[torch.nn.Module], None] | None = None,
+):
+    """Apply activation checkpointing, compile and DDP/FSDP2 to a model. A model built on the meta
+    device is handed to `materialize` once its parameters are placed: after FSDP2 has sharded them
+    (so each rank allocates only its shard), before DDP (which broadcasts rank 0's weights)."""
+    materialize = materialize or (lambda model: None)
     blocks = model.layers
     if activation_checkpointing:
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
@@ -84,9 +95,10 @@ def parallelize(model: torch.nn.Module, info: DistInfo, parallel: str, activatio
     if compile:
         for block in blocks:
             block.compile()  # in place: parameter names do not change
-    if not info.enabled:
-        return model
-    if parallel == "ddp":
+    if not info.enabled or parallel == "ddp":
+        materialize(model)
+        if not info.enabled:
+            return model
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [info.device.index] if info.device.type == "cuda" else None
@@ -98,4 +110,42 @@ def parallelize(model: torch.nn.Module, info: DistInfo, parallel: str, activatio
     for block in blocks:
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
+    materialize(model)
     return model
+
+
+@torch.no_grad()
+def init_weights(model: torch.nn.Module, seed: int) -> None:
+    """`model.init_weights(seed)`, also when its parameters are FSDP2 shards (DTensors).
+
+    init_weights draws each parameter of `model.named_parameters()` in turn from one seeded
+    generator. Here each sharded parameter is swapped, for its turn, for a whole parameter of its
+    full shape (so `param is self.embed_tokens.weight` still holds); once drawn, this rank keeps
+    its slice and the shard is put back. The numbers are those of an unsharded model for every
+    world size, and one whole parameter exists at a time.
+    """
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    sharded = type(model).named_parameters
+
+    def one_at_a_time(*args, **kwargs):
+        for name, param in sharded(model, *args, **kwargs):
+            if not isinstance(param, DTensor):
+                yield name, param
+                continue
+            owner_name, _, leaf = name.rpartition(".")
+            owner = model.get_submodule(owner_name)
+            whole = torch.nn.Parameter(torch.empty(param.shape, dtype=param.dtype, device=param.device))
+            owner._parameters[leaf] = whole
+            try:
+                yield name, whole
+            finally:
+                owner._parameters[leaf] = param
+            mine = distribute_tensor(whole.detach(), param.device_mesh, param.placements, src_data_rank=None)
+            param.to_local().copy_(mine.to_local())
+
+    model.named_parameters = one_at_a_time  # this instance only, for the call below
+    try:
+        model.init_weights(seed=seed)
+    finally:
+        del model.named_parameters

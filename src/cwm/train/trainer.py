@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from cwm.train import checkpoint as ckpt
-from cwm.train.config import ConfigError, TrainConfig, check_data_paths, dump_toml
+from cwm.train.config import ConfigError, TrainConfig, TrainSection, check_data_paths, dump_toml
 from cwm.train.data import MixtureSampler, dataset_name, open_datasets, validation_batches
-from cwm.train.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, parallelize
+from cwm.train.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, init_weights, parallelize
 from cwm.train.logging import MetricsLogger, detect_peak_flops, format_duration
 from cwm.train.optim import build_optimizer, build_scheduler
 
@@ -135,6 +135,23 @@ def _autocast(device: torch.device, precision: str):
     return contextlib.nullcontext
 
 
+def build_model(model_config, info: DistInfo, train: TrainSection, materialize=None):
+    """The model built on the meta device (no memory), wrapped (activation checkpointing, compile,
+    FSDP2 or DDP), then handed to `materialize` to get storage and weights, after sharding under
+    FSDP2. Without `materialize` it stays on the meta device (`--dry-run`).
+    Returns (the wrapped model, the unwrapped one: under FSDP2 the same object)."""
+    from cwm.model import Transformer
+
+    with torch.device("meta"):
+        model = Transformer(model_config)
+    wrapped = parallelize(model, info, train.parallel, train.activation_checkpointing, train.compile, materialize)
+    return wrapped, model
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (its loss diverged); the CLI prints it in one line and exits with 1."""
+
+
 def token_loss_sum(model, batch) -> torch.Tensor:
     """Summed cross-entropy over a micro-batch's counted targets (fp32 logits for the softmax)."""
     logits = model(batch.inputs, doc_ids=batch.doc_ids)
@@ -143,8 +160,6 @@ def token_loss_sum(model, batch) -> torch.Tensor:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, info: DistInfo | None = None):
-        from cwm.model import Transformer
-
         self.cfg = cfg
         if cfg.train.threads:  # on a small shared CPU one thread can beat two (docs/training.md)
             torch.set_num_threads(cfg.train.threads)
@@ -157,16 +172,11 @@ class Trainer:
         self.hooks = [(name, resolve_eval_hook(name)) for name in cfg.eval.hooks]
         self.run_dir = Path(cfg.train.out_dir)
 
-        # Weights are made whole on CPU from the seed (or init_from), then wrapped: every world
-        # size starts from the same numbers.
-        torch.manual_seed(cfg.train.seed)
-        model = Transformer(mc)
-        model.init_weights(seed=cfg.train.seed)
-        if cfg.model.init_from:
-            self._load_init(model, cfg.model.init_from)
-        self.module = model.to(self.info.device)
+        # Built on the meta device, sharded, then materialised: under FSDP2 no rank ever holds the
+        # whole model (docs/training.md).
         t = cfg.train
-        self.model = parallelize(self.module, self.info, t.parallel, t.activation_checkpointing, t.compile)
+        torch.manual_seed(t.seed)
+        self.model, self.module = build_model(mc, self.info, t, materialize=self._materialize)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, self.plan.total_steps, cfg.schedule)
         self.sampler = MixtureSampler(self.train_sets, cfg.data.weights, cfg.data.seed)
@@ -174,6 +184,11 @@ class Trainer:
         self.peak_flops = detect_peak_flops(self.info.device, cfg.log.peak_flops)
 
         self.step = 0
+        # Non-finite steps, counted on the device (read at log time): skipped since the last
+        # record, skipped in a row now, the longest such run.
+        self.skipped, self.skipped_in_a_row, self.longest_skip_run = (
+            torch.zeros((), dtype=torch.long, device=self.info.device) for _ in range(3)
+        )
         resume_from = ckpt.latest_checkpoint(self.run_dir) if resume else None
         if resume_from is not None:
             try:
@@ -215,28 +230,56 @@ class Trainer:
             )
         return lengths.pop()
 
+    def _materialize(self, model) -> None:
+        """Give the meta-device model real storage on this rank's device (only its shard under
+        FSDP2) and its starting weights: drawn from the seed, then `model.init_from` if set."""
+        model.to_empty(device=self.info.device)
+        init_weights(model, self.cfg.train.seed)  # also sets the buffers (rope) that to_empty left empty
+        if self.cfg.model.init_from:
+            self._load_init(model, self.cfg.model.init_from)
+
     def _load_init(self, model, path: str) -> None:
-        from cwm.model import load_pretrained
+        """Weights from a Hugging Face checkpoint (read by rank 0 and broadcast: each rank keeps its
+        shard) or from a step checkpoint (each rank reads its shard)."""
+        from cwm.model.checkpoint import CheckpointError, hf_shapes, read_config
 
         try:
-            source = load_pretrained(path, device="cpu")
+            theirs = read_config(path)
         except (OSError, ValueError) as e:
             raise ConfigError(f"model.init_from: cannot load {path}: {e}") from None
-        try:
-            model.load_state_dict(source.state_dict(), strict=True)
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[-1].strip()
+        mine = self.plan.model_config
+        there, here = hf_shapes(theirs), hf_shapes(mine)
+        differ = sorted(k for k in there.keys() | here.keys() if there.get(k) != here.get(k))
+        if differ:
             raise ConfigError(
                 f"model.init_from: {path} does not fit model preset {self.cfg.model.preset!r} "
-                f"with overrides {self.cfg.model.overrides}: {first}"
-            ) from None
-        mine, theirs = model.cfg, source.cfg
+                f"with overrides {self.cfg.model.overrides}: {differ[0]} is {there.get(differ[0])} there, "
+                f"{here.get(differ[0])} here"
+            )
         for what in ("attention_types", "rope_parameters"):  # same shapes, different function
             if getattr(mine, what)() != getattr(theirs, what)():
                 raise ConfigError(
                     f"model.init_from: {path} has {what} {getattr(theirs, what)()}, the config's model "
                     f"{getattr(mine, what)()}; set model.preset/overrides to match the checkpoint"
                 )
+        if ckpt.is_step_checkpoint(path):
+            try:
+                ckpt.load_model_weights(path, model, self.info)
+            except ckpt.CheckpointStateError as e:
+                raise ConfigError(f"model.init_from: {e}") from None
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        from cwm.model import load_pretrained
+
+        weights = {}
+        if self.info.is_main:
+            try:
+                weights = load_pretrained(path, device="cpu").state_dict()
+            except (OSError, CheckpointError) as e:
+                raise ConfigError(f"model.init_from: cannot load {path}: {e}") from None
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=self.info.enabled)
+        set_model_state_dict(model, weights, options=options)
 
     def _describe(self) -> str:
         info, plan = self.info, self.plan
@@ -254,33 +297,41 @@ class Trainer:
 
     # -----------------------------------------------------------------------------------------
 
-    def train_step(self) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """One optimizer step; returns (mean loss, grad norm, target count) of the global batch."""
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One optimizer step; returns (mean loss, grad norm, target count) of the global batch as
+        tensors on the device, so nothing waits for the device here (they are read at log time).
+
+        A step whose loss or gradient norm is not finite changes nothing: the fused AdamW skips
+        its update on the device (`found_inf`, as a GradScaler would) and `self.skipped` counts it."""
         info, cfg = self.info, self.cfg
-        batches = self.sampler.next_batches(
-            cfg.train.global_batch_size, cfg.train.micro_batch_size, info.rank, info.world_size
-        )
-        n_targets = float(sum(b.num_targets for b in batches))  # counted on CPU: no GPU sync
-        if info.enabled:
-            n_targets = all_reduce_sum(torch.tensor([n_targets], device=info.device)).item()
-        n_targets = max(1.0, n_targets)
+        batches = [
+            b.to(info.device)
+            for b in self.sampler.next_batches(cfg.train.global_batch_size, cfg.train.micro_batch_size, info.rank, info.world_size)
+        ]
+        n_targets = all_reduce_sum(sum((b.targets != -100).sum() for b in batches).reshape(1))[0]  # on the device
         # DDP and FSDP average gradients over ranks; the world factor turns that back into a sum.
-        scale = info.world_size / n_targets
+        scale = info.world_size / n_targets.clamp(min=1)
         loss_sum = torch.zeros((), device=info.device)
         for i, batch in enumerate(batches):
             with self._grad_sync(last=i == len(batches) - 1):
                 with self.autocast():
-                    loss = token_loss_sum(self.model, batch.to(info.device))
+                    loss = token_loss_sum(self.model, batch)
                 (loss * scale).backward()
             loss_sum += loss.detach()
+        loss = all_reduce_sum(loss_sum.reshape(1))[0] / n_targets.clamp(min=1)
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
             grad_norm = grad_norm.full_tensor()
+        bad = ~(torch.isfinite(loss) & torch.isfinite(grad_norm))  # the same on every rank
+        self.optimizer.found_inf = bad.float()
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return all_reduce_sum(loss_sum.reshape(1)) / n_targets, grad_norm, int(n_targets)
+        self.skipped += bad
+        self.skipped_in_a_row = (self.skipped_in_a_row + 1) * bad
+        self.longest_skip_run = torch.maximum(self.longest_skip_run, self.skipped_in_a_row)
+        return loss, grad_norm, n_targets
 
     def _grad_sync(self, last: bool):
         """Skip the gradient all-reduce on all but the last micro-batch of a step."""
@@ -317,14 +368,35 @@ class Trainer:
         return metrics
 
     def save(self, path: Path) -> Path:
-        tokenizer_dir = next((ds.path for ds in self.train_sets if ds.has_tokenizer), None)
+        self._check_finite()
         path = ckpt.save_checkpoint(
             path, self.model, self.plan.model_config, self.optimizer, self.scheduler, self.sampler, self.step, self.info,
-            tokenizer_dir=tokenizer_dir,
+            tokenizer_dir=self._tokenizer_dir(),
         )
         if self.info.is_main:
             ckpt.prune_checkpoints(self.run_dir, self.cfg.checkpoint.keep_last)
         return path
+
+    def export(self, path: Path) -> Path:
+        """The Hugging Face export of the current weights (what `final/` holds)."""
+        return ckpt.export_final(
+            path, self.model, self.plan.model_config, self.scheduler, self.sampler, self.step, self.info,
+            tokenizer_dir=self._tokenizer_dir(),
+        )
+
+    def _tokenizer_dir(self):
+        return next((ds.path for ds in self.train_sets if ds.has_tokenizer), None)
+
+    def _check_finite(self) -> None:
+        """Stop once `train.max_nonfinite_steps` steps in a row were skipped (read here, at log and
+        checkpoint time, not every step)."""
+        limit = self.cfg.train.max_nonfinite_steps
+        if limit and int(self.longest_skip_run) >= limit:
+            raise TrainingError(
+                f"step {self.step}: the loss or gradient norm was not finite in {int(self.longest_skip_run)} steps "
+                f"in a row (skipped: the weights did not change); stopping. Resume from the last checkpoint "
+                f"with a lower optim.lr, or raise train.max_nonfinite_steps"
+            )
 
     def train(self) -> dict:
         """Run to `plan.total_steps`; returns the last logged record."""
@@ -345,29 +417,34 @@ class Trainer:
                     "step": self.step,
                     "loss": loss.item(),
                     "lr": self.scheduler.get_last_lr()[0],
-                    "grad_norm": float(grad_norm),
-                    "targets": n_targets,
+                    "grad_norm": grad_norm.item(),
+                    "targets": int(n_targets),
+                    "skipped": int(self.skipped),
                     "tokens": self.step * plan.tokens_per_step,
                     "tokens_per_s": tokens_per_s,
                 }
+                self.skipped.zero_()
                 mfu = ""
                 if self.peak_flops:
                     last["mfu"] = plan.flops_per_token * tokens_per_s / (self.peak_flops * info.world_size)
                     mfu = f" mfu {last['mfu']:.1%}"
+                skipped = f" skipped {last['skipped']}" if last["skipped"] else ""
                 self.logger.log(
                     last,
                     f"step {self.step}/{total} loss {last['loss']:.4f} lr {last['lr']:.2e} "
-                    f"tok/s {tokens_per_s:,.0f}{mfu} eta {format_duration(eta)}",
+                    f"tok/s {tokens_per_s:,.0f}{mfu}{skipped} eta {format_duration(eta)}",
                 )
                 last_time, last_step = now, self.step
+                self._check_finite()
             evaluating = self.valid_sets or self.hooks
             if evaluating and cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < total:
                 self._log_eval()
             if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < total:
                 self.save(ckpt.step_path(self.run_dir, self.step))
+        self._check_finite()
         if self.valid_sets or self.hooks:
             last.update(self._log_eval())
-        final = self.save(self.run_dir / "final")
+        final = self.export(self.run_dir / "final")
         self.logger.print(f"done: {self.step} steps; final checkpoint {final}")
         self.logger.close()
         return last
