@@ -170,7 +170,7 @@ def create_app(backend: LocalBackend, model_name: str = "cwm", max_body_bytes: i
         if _is_chat(request):
             first = detail[0] if detail else {"loc": [], "msg": "invalid request"}
             at = ".".join(str(p) for p in first["loc"] if p != "body")
-            return _openai_error(f"{at}: {first['msg']}" if at else first["msg"], at or None)
+            return _openai_error(f"{at}: {first['msg']}" if at else str(first["msg"]), at or None)
         return JSONResponse({"detail": detail}, status_code=422)
 
     @app.exception_handler(HTTPException)
@@ -417,7 +417,7 @@ def create_app(backend: LocalBackend, model_name: str = "cwm", max_body_bytes: i
                 outs.append(done)
                 reply = chat.parse_reply(text, tools, reasoning)
                 rest = {"reasoning_content": (reply.reasoning_content or "")[len(thought):],
-                        "content": reply.content[len(content):]}
+                        "content": (reply.content or "")[len(content):]}
                 last = {k: v for k, v in rest.items() if v}
                 if reply.tool_calls:
                     last["tool_calls"] = [{"index": i} | call for i, call in enumerate(reply.tool_calls)]

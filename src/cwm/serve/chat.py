@@ -261,7 +261,7 @@ def _calls_text(calls, by_api: dict[str, Tool], where: str) -> str:
     return "\n".join(texts)
 
 
-def _call_names(messages) -> dict[str, str]:
+def _call_names(messages) -> dict:
     """tool_call id -> function name, over the assistant messages' tool_calls."""
     names = {}
     for message in messages:
@@ -332,7 +332,7 @@ def reasoning_requested(reasoning, reasoning_effort) -> bool:
 
 @dataclass
 class Reply:
-    content: str
+    content: str | None  # None: reasoning on, and the thought never closed (no answer yet)
     reasoning_content: str | None = None
     tool_calls: list[dict] = field(default_factory=list)
 
@@ -351,12 +351,14 @@ def _split_thought(text: str, reasoning: bool) -> tuple[str | None, str]:
 def parse_reply(text: str, tools: list[Tool], reasoning: bool) -> Reply:
     """The model's reply text (without stop token or stop string) as an assistant message."""
     thought, rest = _split_thought(text, reasoning)
+    if reasoning and THINK_SPLIT not in text:
+        return Reply(content=None, reasoning_content=thought)
     by_name = {t.name: t for t in tools}
     calls, kept, at = [], [], 0
     for match in TOOL_RE.finditer(rest):
         tool = by_name.get(match.group(1))
         arguments = tool.parse(match.group(2)) if tool else None
-        if arguments is None:
+        if tool is None or arguments is None:
             continue  # not a call of this request: the block stays in the text
         kept.append(rest[at:match.start()])
         at = match.end()
