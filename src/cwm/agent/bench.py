@@ -11,14 +11,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
-from pathlib import Path
 
 from cwm.agent.mutate import shipped_tasks_path
 from cwm.agent.swebench import evaluate_patch, write_predictions
+from cwm.agent.policy import PolicyError
 from cwm.agent.task import TaskError, read_tasks
 
-__all__ = ["TaskError", "episode_runner", "evaluate", "load", "shipped_tasks_path", "write_predictions"]
+__all__ = ["PolicyError", "TaskError", "episode_runner", "evaluate", "load", "shipped_tasks_path", "write_predictions"]
 
 
 def load(path: str | None, limit: int | None):
@@ -59,29 +58,22 @@ def evaluate(tasks, policy: str = "oracle", workers: int = 2, test_timeout: floa
 def episode_runner(policy: str, max_turns: int = 128, max_tokens: int = 131072, test_timeout: float = 120.0,
                    tokenizer: str | None = None, device: str = "cpu", temperature: float = 1.0, top_p: float = 0.95,
                    max_new_tokens: int | None = None, seed: int = 0) -> Callable:
-    """task -> trajectory: the agent loop (cwm.agent.collect.run_one) with `policy` (a URL, a model
-    directory, a script); a model directory is loaded once for all tasks."""
+    """task -> trajectory: the agent loop (cwm.agent.collect.run_one) with a fresh `policy` per task
+    (cwm.agent.policy.policy_factory: a URL, a model directory loaded once, a script)."""
     from cwm.agent.collect import run_one
     from cwm.agent.loop import Limits
-    from cwm.agent.policy import open_policy
+    from cwm.agent.policy import policy_factory
 
     limits = Limits(max_turns=max_turns, max_tokens=max_tokens, test_timeout=test_timeout)
+    make = policy_factory(policy, tokenizer=tokenizer, device=device, temperature=temperature, top_p=top_p,
+                          max_tokens=max_new_tokens)
     tok = None
     if tokenizer:
         from cwm.tokenizer import load_tokenizer
 
         tok = load_tokenizer(tokenizer)
-    shared: dict = {}
-    local = Path(policy).is_dir()
 
     def episode(task):
-        if local and "policy" in shared:
-            chosen = replace(shared["policy"], seed=seed, _turn=0)
-        else:
-            chosen = open_policy(policy, task, tokenizer=tokenizer, device=device, temperature=temperature,
-                                 top_p=top_p, max_tokens=max_new_tokens, seed=seed)
-            if local:
-                shared["policy"] = chosen
-        return run_one(task, chosen, "sandbox", limits, tokenizer=tok)
+        return run_one(task, make(task, seed), "sandbox", limits, tokenizer=tok)
 
     return episode

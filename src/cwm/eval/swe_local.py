@@ -44,13 +44,19 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from cwm.agent.bench import TaskError, episode_runner, evaluate, load, write_predictions
+    from cwm.agent.bench import PolicyError, TaskError
 
     try:
-        tasks = load(args.tasks, args.limit)
-    except (TaskError, ValueError) as e:
+        return _run(args)
+    except (PolicyError, TaskError, ValueError) as e:  # user-fixable: one line
         print(f"cwm eval swe-local: {e}", file=sys.stderr)
         return 2
+
+
+def _run(args) -> int:
+    from cwm.agent.bench import episode_runner, evaluate, load, write_predictions
+
+    tasks = load(args.tasks, args.limit)
     episode = None if args.policy == "oracle" else episode_runner(
         args.policy, max_turns=args.max_turns, max_tokens=args.max_tokens, test_timeout=args.test_timeout,
         tokenizer=args.tokenizer, device=args.device, temperature=args.temperature, top_p=args.top_p,
