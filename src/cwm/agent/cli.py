@@ -190,7 +190,8 @@ def _collect(args) -> int:
         print(f"[{done}/{total}] {t.instance_id}: {t.exit_status}, {t.turns} turns, {state}", file=sys.stderr, flush=True)
 
     manifest = collect(tasks, args.out, params, workers=args.workers, sft=args.sft, observations=args.observations,
-                       resolved_only=not args.keep_unresolved, tokenizer=tokenizer, progress=progress)
+                       resolved_only=not args.keep_unresolved, tokenizer=tokenizer, device=args.device,
+                       progress=progress)
     s = manifest["summary"]
     print(json.dumps(s))
     if args.sft:

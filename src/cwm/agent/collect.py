@@ -32,11 +32,12 @@ import os
 import tempfile
 import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 from cwm.agent.loop import Limits, run_episode
+from cwm.agent.policy import policy_factory
 from cwm.agent.trajectory import Trajectory, sft_records, write_jsonl
 
 FORMAT = "cwm-collect-1"
@@ -73,12 +74,13 @@ def episode_name(number: int) -> str:
 
 def collect(tasks: list, out: str | os.PathLike, params: CollectParams, workers: int = 1,
             sft: str | os.PathLike | None = None, observations=(), resolved_only: bool = True,
-            tokenizer=None, progress: Callable[[int, int, Trajectory], None] | None = None,
+            tokenizer=None, device: str = "cpu", progress: Callable[[int, int, Trajectory], None] | None = None,
             open_policy: Callable | None = None) -> dict:
     """Run (or finish running) the episodes into `out`; returns the manifest.
 
     progress(done, total, trajectory) is called as each episode ends. open_policy(task, seed)
-    makes an episode's policy (default: from params.policy)."""
+    makes an episode's policy (default: cwm.agent.policy.policy_factory of params.policy; a model
+    directory on `device`)."""
     if params.attempts < 1 or workers < 1:
         raise CollectError("--attempts and --workers must be at least 1")
     if not tasks:
@@ -91,7 +93,8 @@ def collect(tasks: list, out: str | os.PathLike, params: CollectParams, workers:
     episodes = [(task, k) for task in tasks for k in range(params.attempts)]
     todo = [n for n in range(len(episodes)) if not (out / EPISODES / episode_name(n)).is_file()]
     done = len(episodes) - len(todo)
-    make_policy = open_policy or _policy_maker(params, tokenizer)
+    make_policy = open_policy or policy_factory(params.policy, device=device, temperature=params.temperature,
+                                                top_p=params.top_p, max_tokens=params.max_tokens)
     lock = threading.Lock()
 
     failed: list[Trajectory] = []
@@ -161,27 +164,6 @@ def summary(trajectories: list[Trajectory]) -> dict:
     return {"episodes": n, "resolved": sum(bool(t.resolved) for t in trajectories), "exit_status": exits,
             "mean_turns": round(sum(t.turns for t in trajectories) / max(n, 1), 2),
             "mean_tokens": round(sum(t.tokens for t in trajectories) / max(n, 1), 1)}
-
-
-def _policy_maker(params: CollectParams, tokenizer) -> Callable:
-    """A policy per episode; a local model is loaded once and shared (its backend has a lock)."""
-    from cwm.agent.policy import ScriptedPolicy, open_policy
-
-    shared: dict = {}
-
-    def make(task, seed: int):
-        def opened():
-            return open_policy(params.policy, task, temperature=params.temperature, top_p=params.top_p,
-                               max_tokens=params.max_tokens, seed=seed)
-
-        if Path(params.policy).is_dir():
-            if "local" not in shared:
-                shared["local"] = opened()
-            return replace(shared["local"], seed=seed, _turn=0)
-        policy = opened()
-        return ScriptedPolicy(list(policy.replies), policy.name) if isinstance(policy, ScriptedPolicy) else policy
-
-    return make
 
 
 def _open_manifest(out: Path, params: dict, episodes: int) -> dict:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
@@ -264,3 +264,21 @@ def open_policy(spec: str, task=None, tokenizer: str | None = None, device: str 
             kwargs["max_new_tokens"] = max_tokens
         return LocalPolicy.from_dir(path, device=device, **kwargs)
     raise PolicyError(f"--policy {spec!r}: not `oracle`, an http(s) URL, a script file or a model directory")
+
+
+def policy_factory(spec: str, tokenizer: str | None = None, device: str = "cpu", temperature: float = 1.0,
+                   top_p: float = 0.95, max_tokens: int | None = None) -> Callable[[object, int], Callable[[list[dict]], str]]:
+    """make(task, seed) -> a fresh policy per episode, as open_policy names it; a model directory
+    is loaded once and shared by all episodes (its backend generates one reply at a time)."""
+    shared: dict = {}
+
+    def make(task, seed: int):
+        if "local" in shared:
+            return replace(shared["local"], seed=seed, _turn=0)
+        policy = open_policy(spec, task, tokenizer=tokenizer, device=device, temperature=temperature, top_p=top_p,
+                             max_tokens=max_tokens, seed=seed)
+        if isinstance(policy, LocalPolicy):
+            shared["local"] = policy
+        return policy
+
+    return make
