@@ -393,3 +393,16 @@ def test_bad_chat_requests_get_openais_400(client, server, body, words, param):
     # the same body streamed: the 400 comes before any event
     reply = httpx.post(server + "/v1/chat/completions", json=body | {"stream": True}, timeout=TIMEOUT)
     assert reply.status_code == 400 and words in reply.json()["error"]["message"]
+
+
+def test_the_projects_chat_client_reads_the_same_text_as_the_local_model(server, taught):
+    """`cwm eval ... --server` (cwm.eval.reasoning.OpenAIChat) against this server gets the text the
+    model generates locally from the same chat (TokenChat): prompt, split and join agree."""
+    from cwm.backends import Sampling
+    from cwm.eval.reasoning import OpenAIChat, TokenChat
+
+    sampling = Sampling(temperature=0, max_new_tokens=40)
+    for messages in (MESSAGES, [{"role": "user", "content": "Why?"}]):
+        local = TokenChat(taught).reply(messages, sampling)
+        remote = OpenAIChat(server, timeout_s=TIMEOUT).reply(messages, sampling)
+        assert (remote.text, remote.tokens, remote.prompt_tokens) == (local.text, local.tokens, local.prompt_tokens)
