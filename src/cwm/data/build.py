@@ -35,6 +35,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cwm.data import evalsets, harvest, realistic, synth
 from cwm.data.synth import Program
@@ -217,7 +218,7 @@ class Task:
 def run_task(task: Task, params: BuildParams):
     """In a worker: ([(content id, contaminated)] of each candidate, the records of the clean ones
     as an Arrow table whose `index` is the candidate's number). Never raises for what a program does."""
-    programs, codes = task.programs, None
+    programs, codes = task.programs, {}
     if programs is None:
         generator = GENERATORS[params.kind]
         knobs = generator.Knobs.parse(params.arg)
@@ -227,12 +228,13 @@ def run_task(task: Task, params: BuildParams):
             raise BuildError(str(e)) from None
         programs = [program for program, _ in made]
         codes = {i: code for i, (_, code) in enumerate(made, start=task.start)}
+    assert programs is not None
     is_evaluation = _evaluation_test(params) if codes else None  # a listed source's plan is clean already
     keys = [(content_id(p.source, p.call), is_evaluation is not None and is_evaluation(*realistic.judged_part(p, codes[i]))) for i, p in enumerate(programs, start=task.start)]
     clean = [(task.start + k, p) for k, (p, (_, bad)) in enumerate(zip(programs, keys)) if not bad]
     if not clean:
         return keys, schema("traces").empty_table()
-    return keys, trace_chunk(clean, params, codes)
+    return keys, trace_chunk(clean, params, codes or None)
 
 
 def trace_chunk(chunk: list[tuple[int, Program]], params: BuildParams, codes: dict | None = None):
@@ -250,7 +252,7 @@ def trace_chunk(chunk: list[tuple[int, Program]], params: BuildParams, codes: di
     from cwm.sandbox import SandboxResult
 
     programs = [p for _, p in chunk]
-    first = _sandboxed(programs, params, codes and [codes.get(i) for i, _ in chunk])
+    first = _sandboxed(programs, params, [codes.get(i) for i, _ in chunk] if codes else None)
     # Code we did not write runs twice: a record is kept only if both traces agree.
     second = _sandboxed(programs, params) if first.ok and params.kind in ("dir", "programs") else None
     if first.ok and (second is None or second.ok or len(chunk) == 1):
@@ -268,7 +270,7 @@ def trace_chunk(chunk: list[tuple[int, Program]], params: BuildParams, codes: di
 
 
 def _record(index: int, program: Program, **fields) -> dict:
-    record = {
+    record: dict[str, Any] = {
         "index": index, "id": content_id(program.source, program.call), "origin": program.origin,
         "source": program.source, "call": program.call, "status": None, "error": None,
         "return_value": None, "num_events": 0, "num_bytes": 0, "context": None, "cwm_text": None, "frames": [],
@@ -333,7 +335,7 @@ def write_manifest(out: Path, manifest: dict) -> None:
 def _open_manifest(out: Path, params: BuildParams, num_records: int, counts: dict | None) -> dict:
     """The manifest to go on with: a fresh one, or the one in `out` (same parameters) with the
     longest run of its shards from the first whose files are there (later ones are made again)."""
-    fresh = {
+    fresh: dict[str, Any] = {
         "format": FORMAT, "kind": "code" if params.kind == "code" else "traces", "params": params.manifest_dict(),
         "num_records": num_records, "num_shards": -(-num_records // params.shard_size),
         "plan": counts or {"candidates": 0, "duplicates": 0, "contaminated": 0}, "shards": {}, "complete": num_records == 0,
@@ -373,6 +375,7 @@ def build(out: str | os.PathLike, params: BuildParams, workers: int = 1, ray: st
         _evaluation_test(params)
     plan = None if params.kind in GENERATORS else make_plan(params)
     num_records = params.n if plan is None else len(plan.items)
+    assert num_records is not None  # BuildParams asks a generated source for n
     out.mkdir(parents=True, exist_ok=True)
     manifest = _open_manifest(out, params, num_records, None if plan is None else plan.counts)
     write_manifest(out, manifest)
@@ -388,6 +391,7 @@ def build(out: str | os.PathLike, params: BuildParams, workers: int = 1, ray: st
         label = "tracing" if done == 0 else f"resuming ({done} done)"
         with Bar(label, num_records - done, "programs", enabled=progress) as bar:
             if manifest["kind"] == "code":
+                assert plan is not None  # a listed source
                 _write_code_shards(out, manifest, plan, params, bar.advance)
             else:
                 runner = _run_ray(ray_module, ray, workers) if ray is not None else _run_local(pool, workers)
@@ -406,7 +410,8 @@ class _Shards:
         self.kept = sum(entry["rows"] for entry in shards)  # the records of the shards done
         self.next = max((entry["candidates"][1] for entry in shards), default=0)  # the first candidate after them
         self.seen = {i for name in manifest["shards"] for i in read_shard(out / name, columns=["id"])["id"].to_pylist()}
-        self.writer, self.filling = None, 0  # the shard being filled: its open file and its records so far
+        self.writer: Any = None  # the shard being filled: its open file (a pyarrow ParquetWriter)
+        self.filling = 0  # ... and its records so far
         self.first = self.next  # its first candidate
         self.dropped = {"duplicates": 0, "contaminated": 0}  # among its candidates
 
@@ -570,7 +575,8 @@ class _Workers:
                 conn = idle.pop()
                 busy[conn] = queue.pop()
                 conn.send((busy[conn], params))
-            for conn in wait(list(busy)):
+            ready: list[Any] = wait(list(busy))  # the workers' Connections that have a result
+            for conn in ready:
                 try:
                     ok, result = conn.recv()
                 except EOFError:

@@ -70,6 +70,7 @@ def _first_call(problem: dict) -> str:
     if not calls:
         return f"{problem['entry_point']}()"
     call = next((c for c in calls if _literal_args(c)), calls[0])
+    assert isinstance(call.func, ast.Name)
     call.func.id = problem["entry_point"]
     return ast.unparse(call)
 

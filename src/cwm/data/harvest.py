@@ -134,7 +134,7 @@ def in_sandbox(fn, items: list, batch: int = 64) -> list:
 
 def harvest(root: str | Path, seed: int = 0, calls_per_function: int = 3) -> list[Program]:
     root = default_root(str(root))
-    found = in_sandbox(lambda source: _harvest_file(*source, seed, calls_per_function), read_sources(root))
+    found = in_sandbox(lambda source: _harvest_file(source[0], source[1], seed, calls_per_function), read_sources(root))
     return [Program(*fields) for programs in found if programs for fields in programs]
 
 
@@ -146,7 +146,7 @@ def _harvest_file(rel: str, text: str, seed: int, calls_per_function: int) -> li
         return []
     programs = []
     for fn, helpers in _self_contained(tree):
-        source = "\n\n".join(ast.get_source_segment(text, f) for f in [*helpers, fn]) + "\n"
+        source = "\n\n".join(ast.get_source_segment(text, f) or "" for f in [*helpers, fn]) + "\n"
         rng = random.Random(f"cwm-harvest:{seed}:{rel}:{fn.name}")
         for call in _calls(fn, rng, calls_per_function):
             programs.append((source, call, f"{rel}:{fn.name}"))
@@ -180,10 +180,11 @@ def _self_contained(tree: ast.Module) -> list[tuple[ast.FunctionDef, list[ast.Fu
         needed, todo, ok = [], [name], True
         while todo and ok:
             current = todo.pop()
-            if free[current] is None:
+            names = free[current]
+            if names is None:
                 ok = False
                 break
-            for other in sorted(free[current] - _BUILTINS):
+            for other in sorted(names - _BUILTINS):
                 if other not in functions:
                     ok = False
                 elif other != name and functions[other] not in needed:

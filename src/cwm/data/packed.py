@@ -21,15 +21,20 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 FORMAT = "cwm-packed-v1"
-_ARRAYS = {"tokens": np.int32, "doc_ids": np.int32, "loss_mask": np.uint8}
+_ARRAYS: dict[str, type] = {"tokens": np.int32, "doc_ids": np.int32, "loss_mask": np.uint8}
 
 
 class PackedDataset:
     """Read-only, memory-mapped view of a packed dataset directory."""
+
+    tokens: np.ndarray  # the arrays of _ARRAYS, memory-mapped: (num_sequences, seq_len)
+    doc_ids: np.ndarray
+    loss_mask: np.ndarray
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -45,7 +50,7 @@ class PackedDataset:
         if not isinstance(self.meta, dict) or self.meta.get("format") != FORMAT:
             found = self.meta.get("format") if isinstance(self.meta, dict) else f"a JSON {type(self.meta).__name__}"
             raise ValueError(f"{meta_path}: format {found!r}, expected {FORMAT!r}")
-        sizes = [self.meta.get(k) for k in ("seq_len", "num_sequences", "vocab_size")]
+        sizes: list[Any] = [self.meta.get(k) for k in ("seq_len", "num_sequences", "vocab_size")]
         if not all(type(v) is int and v >= 0 for v in sizes):
             raise ValueError(f"{meta_path}: seq_len, num_sequences and vocab_size must be non-negative integers; pack the dataset again")
         self.seq_len, self.num_sequences, self.vocab_size = sizes

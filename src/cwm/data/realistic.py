@@ -32,6 +32,7 @@ import random
 import re
 import sys
 import types
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -230,7 +231,7 @@ def _compose(rng: random.Random, knobs: Knobs) -> Program:
     return Program(source, call, origin)
 
 
-def _signature(rng: random.Random, params: list[tuple[str, object]]) -> tuple[str, str]:
+def _signature(rng: random.Random, params: Sequence[tuple[str, object]]) -> tuple[str, str]:
     """(the function's parameter list, the call's arguments). An int or str last parameter is 10%
     of the time a default the call leaves out, 10% passed by keyword."""
     names, args = [p for p, _ in params], [repr(v) for _, v in params]
@@ -278,7 +279,7 @@ class Fn:
     """A template's function: parameters with their argument values, body lines (unindented),
     module-level blocks before it, the return type, and (param, default) for an optional guard."""
 
-    params: list[tuple[str, object]]
+    params: Sequence[tuple[str, object]]
     body: list[str]
     ret: str | None = None
     helpers: list[str] | None = None
@@ -337,13 +338,13 @@ class _Gen:
         r = self.rng
         return r.randint(lo, hi) if r.random() < 0.3 else r.randint(max(lo, -5), min(hi, 20))
 
-    def small(self, lo: int = 2, hi: int = 5) -> int:
+    def small(self, lo: builtins.int = 2, hi: builtins.int = 5) -> builtins.int:
         return self.rng.randint(lo, hi)
 
-    def count(self, lo: int = 0) -> int:
+    def count(self, lo: builtins.int = 0) -> builtins.int:
         return self.rng.randint(lo, self.items)
 
-    def ints(self, lo: int = 0, hi: int | None = None) -> list[int]:
+    def ints(self, lo: builtins.int = 0, hi: builtins.int | None = None) -> list[builtins.int]:
         return [self.int() for _ in range(self.rng.randint(lo, hi or self.items))]
 
     def word(self) -> str:
@@ -358,7 +359,7 @@ class _Gen:
         letters = LETTERS[: r.randint(3, 26)]
         return "".join(r.choice(letters) if r.random() < 0.8 else r.choice(letters).upper() for _ in range(r.randint(1, 6)))
 
-    def words(self, lo: int = 0) -> list[str]:
+    def words(self, lo: builtins.int = 0) -> list[str]:
         return [self.word() for _ in range(self.rng.randint(lo, self.items))]
 
     def text(self, sep: str = " ") -> str:
@@ -381,7 +382,7 @@ class _Gen:
         alphabet = "abcdeXYZ0123 -_.!"
         return "".join(self.rng.choice(alphabet) for _ in range(self.rng.randint(0, 2 * self.items)))
 
-    def str_dict(self) -> dict[str, int]:
+    def str_dict(self) -> dict[str, builtins.int]:
         return {self.rng.choice(WORDS): self.int(-5, 20) for _ in range(self.count())}
 
     def cmp(self) -> str:

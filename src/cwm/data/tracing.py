@@ -25,6 +25,7 @@ import pickle
 import struct
 import subprocess
 import sys
+from typing import Any
 
 _LENGTH = struct.Struct("<Q")
 
@@ -47,7 +48,7 @@ def trace_many(programs: list[tuple[str, str, object]], settings: tuple[int, int
     return run_each(lambda program: trace_one(program, settings), programs)
 
 
-def trace_one(program: tuple[str, str, object], settings: tuple[int, int, float, bool]) -> tuple[dict, str | None]:
+def trace_one(program: tuple[str, str, Any], settings: tuple[int, int, float, bool]) -> tuple[dict, str | None]:
     from cwm.trace import trace_call
 
     source, call, code = program
@@ -148,7 +149,8 @@ class TraceHost:
     def close(self) -> None:
         for stream in (self.proc.stdin, self.proc.stdout):
             try:
-                stream.close()
+                if stream is not None:
+                    stream.close()
             except OSError:
                 pass
         self.proc.kill()
