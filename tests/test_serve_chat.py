@@ -83,12 +83,31 @@ def test_a_claude_code_name_without_its_parameters_is_a_plain_function_tool():
     assert tool.name == "Bash" and "[json params]" in tool.describe()
 
 
+def test_a_schema_the_releases_models_cannot_read_is_described_as_given():
+    """anyOf, a list of types, no type: valid JSON Schema that the release drops the tool for."""
+    parameters = {"type": "object", "properties": {
+        "path": {"type": "string"}, "mode": {"anyOf": [{"type": "string"}, {"type": "null"}]}, "any": {}},
+        "required": ["path"]}
+    (tool,) = prepare_tools([{"type": "function", "function": {"name": "read", "parameters": parameters}}])
+    assert tool.describe() == (
+        "<tool: read>\n[json params]\n</tool>\nParameters must respect the following schema: "
+        + json.dumps(parameters, indent=2) + "\nRequired parameters: path\n\nExample:\n<tool: read>\n"
+        '{"path": "text_b", "mode": <a value>, "any": <a value>}\n</tool>')
+    # and Bash with such a schema is still the model's bash
+    bash = {"type": "function", "function": {"name": "Bash", "parameters": {"type": "object", "properties": {
+        "command": {"type": "string"}, "timeout": {"type": ["number", "null"]}}}}}
+    assert prepare_tools([bash])[0].name == "bash"
+
+
 @pytest.mark.parametrize("tools, words", [
     ("Bash", "list"),
     ([{"type": "retrieval"}], "only function tools"),
     ([{"type": "function", "function": {"name": "get-weather"}}], "letters, digits and underscores"),
     ([{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}], "object schema"),
-    ([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}], "properties"),
+    ([{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": [1]}}}],
+     "object schema"),
+    ([{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "required": "a"}}}],
+     "object schema"),
     ([BASH, {"type": "function", "function": {"name": "bash"}}], "two tools"),
 ])
 def test_bad_tools_are_named(tools, words):

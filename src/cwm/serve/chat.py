@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from cwm.tokenizer.prompts import THINK_END, THINK_START, chat_ids
 
@@ -93,6 +93,22 @@ ArraySchema.model_rebuild()
 ObjectSchema.model_rebuild()
 
 
+_ANY_SCHEMA: TypeAdapter = TypeAdapter(JsonSchema)
+
+
+def _raw_example(raw: dict) -> str:
+    """The example of an object schema the release's models cannot read: each property the
+    release's way where they read it, else `<a value>`."""
+    items = []
+    for n, (name, sub) in enumerate((raw.get("properties") or {}).items(), start=1):
+        try:
+            value = _example(_ANY_SCHEMA.validate_python(sub), n)
+        except ValidationError:
+            value = "<a value>"
+        items.append(f"{json.dumps(name)}: {value}")
+    return f"{{{', '.join(items)}}}"
+
+
 def _example(schema, n: int = 1) -> str:
     """An example value of `schema`, written as the release writes it (serve/tools.py)."""
     if isinstance(schema, BaseSchema):
@@ -131,19 +147,25 @@ class Tool:
     api_name: str
     params: tuple[str, ...] = ()
     description: str | None = None
-    schema: ObjectSchema | None = None
+    schema: ObjectSchema | None = None  # the parameters, as the release's models read them
+    raw: dict | None = None  # or as given, where those models cannot read them
 
     def describe(self) -> str:
         if self.params:
             return NATIVE[self.api_name][2]
-        assert self.schema is not None
+        if self.schema is not None:
+            printed, required, example = self.schema.model_dump_json(indent=2), self.schema.required, _example(self.schema)
+        else:
+            assert self.raw is not None
+            printed, required, example = json.dumps(self.raw, indent=2, ensure_ascii=False), self.raw.get("required"), (
+                _raw_example(self.raw))
         text = f"<tool: {self.name}>\n[json params]\n</tool>"
         if self.description:
             text += "\n" + self.description + "\n"
-        text += "\nParameters must respect the following schema: " + self.schema.model_dump_json(indent=2)
-        if self.schema.required:
-            text += f"\nRequired parameters: {', '.join(self.schema.required)}\n"
-        return text + f"\nExample:\n<tool: {self.name}>\n{_example(self.schema)}\n</tool>"
+        text += "\nParameters must respect the following schema: " + printed
+        if required:
+            text += f"\nRequired parameters: {', '.join(required)}\n"
+        return text + f"\nExample:\n<tool: {self.name}>\n{example}\n</tool>"
 
     def call_text(self, arguments: str, where: str) -> str:
         """A call with these JSON `arguments` as the model writes it."""
@@ -196,16 +218,21 @@ def _tool(spec, i: int) -> Tool:
         raise ChatError(f"{where}: function description must be a string", "tools")
     parameters = fn.get("parameters", {"type": "object", "properties": {}})
     try:
-        schema = ObjectSchema.model_validate(parameters)
-    except ValidationError as e:
-        first = e.errors()[0]
-        at = ".".join(str(p) for p in first["loc"])
-        raise ChatError(f"{where}: function {name}: parameters must be a JSON object schema "
-                        f"({at}: {first['msg']})", "tools") from None
-    if name in NATIVE and all(p in schema.properties for p in NATIVE[name][1]):
+        schema, raw = ObjectSchema.model_validate(parameters), None
+        properties = schema.properties
+    except ValidationError:  # valid JSON Schema the release's models cannot read (anyOf, no type, ...)
+        if not (isinstance(parameters, dict) and parameters.get("type", "object") == "object"
+                and isinstance(parameters.get("properties", {}), dict)
+                and isinstance(parameters.get("required", []), list)
+                and all(isinstance(r, str) for r in parameters.get("required", []))):
+            raise ChatError(f"{where}: function {name}: parameters must be a JSON object schema "
+                            '({"type": "object", "properties": {...}, "required": [names]})', "tools") from None
+        schema, raw = None, parameters
+        properties = parameters.get("properties", {})
+    if name in NATIVE and all(p in properties for p in NATIVE[name][1]):
         model_name, params, _ = NATIVE[name]
         return Tool(name=model_name, api_name=name, params=params)
-    return Tool(name=name, api_name=name, description=description, schema=schema)
+    return Tool(name=name, api_name=name, description=description, schema=schema, raw=raw)
 
 
 def prepare_tools(specs) -> list[Tool]:
