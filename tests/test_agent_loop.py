@@ -86,6 +86,15 @@ def task(tmp_path_factory):
     return make_task(tmp_path_factory.mktemp("task"))
 
 
+@pytest.fixture(scope="module")
+def mini():
+    """The shipped cwm-mini, loaded once for the tests that generate with it."""
+    from cwm.backends import LocalBackend
+    from cwm.models import default_model
+
+    return LocalBackend.from_dir(default_model())
+
+
 def test_scripted_fix_resolves_a_real_task(task):
     t = run_one(task, ScriptedPolicy(fix_by_hand()))
     assert (t.exit_status, t.turns, t.resolved) == ("submitted", 6, True), t.message
@@ -184,19 +193,17 @@ def test_trajectories_pack_with_the_loss_mask(task, tmp_path):
     assert "not a call" not in text and "<budget>" not in text and "Solve the following issue" not in text
 
 
-def test_local_model_goes_through_the_loop(task):
+def test_local_model_goes_through_the_loop(task, mini):
     """The shipped cwm-mini (2048-token context, trained on traces) writes replies; it solves
     nothing, but every reply is checked, answered and counted, and a seed repeats an episode."""
-    from cwm.models import default_model
-
-    policy = LocalPolicy.from_dir(default_model(), max_new_tokens=24, temperature=1.0, seed=0)
+    policy = LocalPolicy(mini, max_new_tokens=24, temperature=1.0, seed=0)
     t = run_one(task, policy, limits=Limits(max_turns=2))
     assert t.exit_status == "max_turns" and t.turns == 2 and t.resolved is False
     assistant = [m for m in t.messages if m["role"] == "assistant"]
     assert len(assistant) == 2 and all(len(m["content"]) > len("<think>\n") for m in assistant)
     # a reply of an untrained agent is a format error: answered as the release does
     assert t.messages[3]["role"] == "user" and t.messages[3]["content"].startswith("FormatError: ")
-    policy = LocalPolicy.from_dir(default_model(), max_new_tokens=24, temperature=1.0, seed=0)
+    policy = LocalPolicy(mini, max_new_tokens=24, temperature=1.0, seed=0)
     assert policy(t.messages[:2]) == t.messages[2]["content"].removeprefix("<think>\n")
 
 
@@ -342,14 +349,11 @@ def test_collect_does_not_save_episodes_without_replies(task, tmp_path):
     assert not (tmp_path / "out" / "trajectories.jsonl").exists()
 
 
-def test_chat_policy_through_cwm_serve(task):
+def test_chat_policy_through_cwm_serve(task, mini):
     """The project's own chat endpoint serving the shipped cwm-mini: the mechanics, end to end."""
     from conftest import serving
 
-    from cwm.backends import LocalBackend
-    from cwm.models import default_model
-
-    with serving(LocalBackend.from_dir(default_model()), model_name="cwm-mini") as url:
+    with serving(mini, model_name="cwm-mini") as url:
         t = run_one(task, ChatPolicy(url, max_tokens=24, temperature=1.0, seed=0), limits=Limits(max_turns=2))
     assert (t.exit_status, t.turns, t.resolved) == ("max_turns", 2, False), t.message
     replies = [m["content"] for m in t.messages if m["role"] == "assistant"]
