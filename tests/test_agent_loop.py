@@ -358,3 +358,19 @@ def test_chat_policy_through_cwm_serve(task, mini):
     assert (t.exit_status, t.turns, t.resolved) == ("max_turns", 2, False), t.message
     replies = [m["content"] for m in t.messages if m["role"] == "assistant"]
     assert len(replies) == 2 and all(r.startswith("<think>\n") and len(r) > len("<think>\n") for r in replies)
+
+
+def test_collect_ctrl_c_ends_running_episodes_at_their_next_turn(task, tmp_path):
+    """Ctrl-C: the episodes running end before their next reply (not saved), and collect leaves."""
+    write_tasks(tmp_path / "tasks.jsonl", [task])
+    (tmp_path / "slow.json").write_text(json.dumps(["wait\n</think>\n<tool: bash>\nsleep 4\n</tool>"] * 10))
+    proc = subprocess.Popen([*CWM, "agent", "collect", "--tasks", str(tmp_path / "tasks.jsonl"), "--policy",
+                             str(tmp_path / "slow.json"), "--attempts", "2", "--workers", "2", "--out", str(tmp_path / "out")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(8)  # the episodes are in their first sleeps by now (ten of them would take 40 s)
+    start = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "cwm agent: interrupted", err
+    assert time.monotonic() - start < 30
+    assert list((tmp_path / "out" / "episodes").glob("*.json")) == []

@@ -21,7 +21,8 @@ Resume: a rerun with the same command (after kill -9, a crash, Ctrl-C) skips the
 file is there and runs the others; an episode cut off midway is run again from its start. With a
 deterministic policy the result equals an uninterrupted run. An episode that ended because the
 policy gave no reply (a server down; exit_status policy_error) is not saved: the run ends with an
-error after the others, and a rerun retries it.
+error after the others, and a rerun retries it. Ctrl-C ends the running episodes before their next
+reply (not saved either) and leaves.
 """
 
 from __future__ import annotations
@@ -98,11 +99,13 @@ def collect(tasks: list, out: str | os.PathLike, params: CollectParams, workers:
     lock = threading.Lock()
 
     failed: list[Trajectory] = []
+    stop = threading.Event()  # set on Ctrl-C: running episodes end before their next reply
 
     def one(number: int) -> Trajectory:
         task, k = episodes[number]
-        trajectory = run_one(task, make_policy(task, params.seed + k), params.backend, params.limits, tokenizer=tokenizer)
-        if trajectory.exit_status == "policy_error":  # no reply (a server down): not done, a rerun retries it
+        trajectory = run_one(task, make_policy(task, params.seed + k), params.backend, params.limits,
+                             tokenizer=tokenizer, stop=stop)
+        if trajectory.exit_status in ("policy_error", "interrupted"):  # not done: a rerun retries it
             failed.append(trajectory)
         else:
             _write_atomic(out / EPISODES / episode_name(number), json.dumps(trajectory.to_json(), ensure_ascii=False))
@@ -120,6 +123,7 @@ def collect(tasks: list, out: str | os.PathLike, params: CollectParams, workers:
                     if progress:
                         progress(done, len(episodes), trajectory)
         except BaseException:
+            stop.set()
             for future in pending:
                 future.cancel()
             raise
@@ -140,7 +144,7 @@ def collect(tasks: list, out: str | os.PathLike, params: CollectParams, workers:
 
 
 def run_one(task, policy, backend: str = "sandbox", limits: Limits = Limits(), source_dir=None, tokenizer=None,
-            on_message=None) -> Trajectory:
+            on_message=None, stop=None) -> Trajectory:
     """One episode: a workspace on the task's repository (laid out in a fresh directory, or
     `source_dir` as it is), the loop, the workspace closed."""
     from cwm.agent.task import materialize
@@ -150,7 +154,7 @@ def run_one(task, policy, backend: str = "sandbox", limits: Limits = Limits(), s
         source = source_dir if source_dir is not None else materialize(task, Path(tmp) / "repo")
         workspace = Workspace.create(source, backend=backend, session_timeout=limits.session_timeout)
         try:
-            return run_episode(task, policy, workspace, limits, tokenizer=tokenizer, on_message=on_message)
+            return run_episode(task, policy, workspace, limits, tokenizer=tokenizer, on_message=on_message, stop=stop)
         finally:
             workspace.close()
 

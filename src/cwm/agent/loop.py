@@ -30,6 +30,7 @@ policy), else the shipped cwm-mini's: an estimate for another model's tokenizer.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -54,11 +55,13 @@ class Limits:
 
 
 def run_episode(task, policy: Callable[[list[dict]], str], workspace, limits: Limits = Limits(),
-                tokenizer=None, on_message: Callable[[dict], None] | None = None) -> Trajectory:
+                tokenizer=None, on_message: Callable[[dict], None] | None = None,
+                stop: threading.Event | None = None) -> Trajectory:
     """Run one episode of `policy` on `task` in `workspace` (reset by the caller; not closed here).
 
     task: a cwm.agent.task.Task (problem_statement; FAIL_TO_PASS, PASS_TO_PASS and test_cmd to
-    grade). on_message(message) sees each message as it is added (a live view)."""
+    grade). on_message(message) sees each message as it is added (a live view). `stop`, once set,
+    ends the episode before its next reply (exit_status "interrupted", not graded)."""
     from cwm.agent.tools import execute
 
     tok = tokenizer or getattr(policy, "tokenizer", None) or _shipped_tokenizer()
@@ -80,6 +83,9 @@ def run_episode(task, policy: Callable[[list[dict]], str], workspace, limits: Li
 
     turn, patch, exit_status, why = 0, "", "", ""
     while not exit_status:
+        if stop is not None and stop.is_set():
+            exit_status, why = "interrupted", f"stopped before turn {turn + 1}"
+            break
         try:
             reply = policy(messages)
         except PolicyError as e:
@@ -127,7 +133,9 @@ def run_episode(task, policy: Callable[[list[dict]], str], workspace, limits: Li
         trajectory.diff = workspace.diff()
     except Exception as e:  # a dead workspace has no diff; the episode's record still stands
         trajectory.message = (trajectory.message + "; " if trajectory.message else "") + f"no diff: {e}"
-    if limits.grade and patch and (task.FAIL_TO_PASS or task.PASS_TO_PASS):
+    if exit_status == "interrupted":
+        pass
+    elif limits.grade and patch and (task.FAIL_TO_PASS or task.PASS_TO_PASS):
         try:
             trajectory.resolved, trajectory.tests = grade(task, workspace, patch, limits.test_timeout)
         except Exception as e:  # the workspace broke while grading: the episode stays ungraded
