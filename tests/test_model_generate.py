@@ -7,16 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from cwm.model import Transformer, generate, get_preset, sample
-from cwm.model.cache import KVCache
-from cwm.model.transformer import (
-    Linear,
-    attention_mask,
-    blocked_window_attention,
-    blocked_window_mask,
-    chunk_plan,
-    chunked_attention,
-    decode_layout,
-)
+from cwm.model.attention import Blocked, Masked, attention_mask, blocked_window_mask, chunk_plan
+from cwm.model.cache import ROLLBACK_SLOTS, KVCache
+from cwm.model.transformer import Linear, decode_layout
 
 CFG = get_preset("cwm-tiny", sliding_window=16, max_seq_len=256)  # a small window the tests cross often
 
@@ -61,13 +54,15 @@ def test_batch_with_padding_equals_one_by_one(model):
 def test_chunks_after_prefill_equal_one_pass(model):
     """Forcing several tokens into a warm cache (the debugger's forced frames) gives the logits of
     one uncached pass, on global layers and across the wrap of the sliding rings."""
-    tokens = torch.tensor([prompt(70, 7)])
+    tokens = torch.tensor([prompt(200, 7)])
     with torch.no_grad():
         full = model(tokens)
-        cache = KVCache(CFG, 1, 80)
+        cache = KVCache(CFG, 1, 210)
         pieces, start = [], 0
-        for size in (5, 1, 20, 1, 1, 30, 12):  # chunks longer and shorter than the window of 16
-            pieces.append(model(tokens[:, start : start + size], cache=cache))
+        # chunks longer and shorter than the window of 16 and the rings of 16 + 64 slots
+        for size in (5, 1, 20, 1, 1, 30, 12, 90, 1, 1, 38):
+            positions = torch.arange(start, start + size)
+            pieces.append(model(tokens[:, start : start + size], positions=positions, cache=cache))
             start += size
     assert (torch.cat(pieces, dim=1) - full).abs().max() <= 1e-4
 
@@ -75,10 +70,11 @@ def test_chunks_after_prefill_equal_one_pass(model):
 def test_sliding_layers_stop_growing_at_the_window():
     short, long = KVCache(CFG, 1, 200), KVCache(CFG, 1, 256)
     windows = [CFG.window(i) for i in range(CFG.n_layers)]
-    assert [k.shape[2] for k in long.keys] == [16 if w else 256 for w in windows]
+    assert [k.shape[2] for k in long.keys] == [16 + ROLLBACK_SLOTS if w else 256 for w in windows]
     per_global_token = 2 * CFG.n_kv_heads * CFG.head_dim * 4 * windows.count(None)
     assert long.nbytes() - short.nbytes() == 56 * per_global_token  # only global layers grow
-    assert long.nbytes() == CFG.kv_cache_bytes(256, bytes_per_value=4)
+    rollback = 2 * CFG.n_kv_heads * CFG.head_dim * 4 * ROLLBACK_SLOTS * (len(windows) - windows.count(None))
+    assert long.nbytes() == CFG.kv_cache_bytes(256, bytes_per_value=4) + rollback
 
 
 def test_stop_tokens_and_streaming(model):
@@ -154,13 +150,14 @@ def test_attention_paths_agree(window, packed):
     pos = torch.arange(T)
     mask = attention_mask(pos, pos, window, docs, docs)
     want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask if docs is None else mask[:, None], enable_gqa=True)
+    assert (Masked(mask if docs is None else mask[:, None]).attend(q, k, v) - want).abs().max() < 1e-6
     plan = chunk_plan(T, window, docs, size=32)
-    assert len(plan) == 5 and plan[-1][1].shape[-2] == 150 - 4 * 32
+    assert len(plan.chunks) == 5 and plan.chunks[-1].mask.shape[-2] == 150 - 4 * 32
     if window is not None:  # chunks see only the keys in reach, not all T
-        assert max(mask.shape[-1] for _, mask in plan) == window - 1 + 32
-    assert (chunked_attention(q, k, v, plan) - want).abs().max() < 1e-5
+        assert max(c.mask.shape[-1] for c in plan.chunks) == window - 1 + 32
+    assert (plan.attend(q, k, v) - want).abs().max() < 1e-5
     if window is not None:
-        blocked = blocked_window_attention(q, k, v, window, blocked_window_mask(T, window, docs))
+        blocked = Blocked(window, blocked_window_mask(T, window, docs)).attend(q, k, v)
         assert (blocked - want).abs().max() < 1e-5
 
 
@@ -185,3 +182,58 @@ def test_decode_layout_routes_few_rows_and_cleans_up(model):
     with pytest.raises(KeyboardInterrupt):
         generate(model, prompt(5, 0), 10, stop_tokens=(), on_token=stop)
     assert all(m.decode_weight is None for m in model.modules() if isinstance(m, Linear))
+
+
+def test_check_every_and_stop_strings_give_the_same_tokens(model):
+    """Reading the chosen tokens back every k steps (GPUs) ends rows exactly where reading every
+    token does, for stop tokens and for stop strings (here: a token's text, via a toy decode)."""
+    prompts = [prompt(n, n) for n in (5, 20)]
+    free = generate(model, prompts, 40, stop_tokens=())
+    stop = free[0][17]
+    every = generate(model, prompts, 40, stop_tokens=[stop])
+    assert every[0] == free[0][: free[0].index(stop) + 1]
+    for k in (3, 8, 64):
+        assert generate(model, prompts, 40, stop_tokens=[stop], check_every=k) == every
+
+    def decode(ids):
+        return " ".join(f"<{t}>" for t in ids)
+
+    target = free[1][11]
+    cut = free[1][: free[1].index(target) + 1]
+    streamed = []
+    for k in (1, 5):
+        out = generate(model, prompts[1], 40, stop_tokens=(), stop_strings=[f"<{target}>"], decode=decode,
+                       check_every=k, on_token=lambda row, tok: streamed.append(tok))
+        assert out == cut and streamed == cut
+        streamed.clear()
+    with pytest.raises(ValueError, match="need `decode`"):
+        generate(model, prompts[1], 4, stop_strings=["x"])
+
+
+def test_prefix_reuse_gives_the_same_tokens(model):
+    """A kept cache (the debugger's growing prompts) gives exactly the tokens of a fresh one, and
+    computes only what it does not hold: on a prompt that extends the last one, one cut back a
+    little (within the rings' spare slots), one cut back far (the rings were overwritten: starts
+    over) and one longer than the rings."""
+    cache = KVCache(CFG, 1, 256)
+    p0 = prompt(40, 9)
+    out0 = generate(model, p0, 30, stop_tokens=(), cache=cache)
+    assert out0 == generate(model, p0, 30, stop_tokens=()) and cache.reused == 0
+    assert cache.ids == p0 + out0[:-1]
+    p1 = p0 + out0 + prompt(3, 10)  # the last answer, then forced tokens
+    p2 = p1[:60] + prompt(5, 11)
+    plans = [  # (prompt, tokens reused); each leaves prompt + 19 tokens in the cache
+        (p1, len(p0) + 29),  # extends the last request: all but its last token
+        (p1[:60], 59),  # cut back 32 tokens (the rings of 16 + 64 slots still hold the last 16)
+        (p2, 60),
+        (p2 + prompt(120, 12), 65),  # longer than the rings: they wrap
+        (p1[:20], 0),  # too far back (positions 4..19 were overwritten): computed again
+    ]
+    for p, reused in plans:
+        want = generate(model, p, 20, stop_tokens=())
+        assert generate(model, p, 20, stop_tokens=(), cache=cache) == want
+        assert cache.reused == reused
+    with pytest.raises(ValueError, match="one prompt at a time"):
+        generate(model, [p0, p0], 5, cache=cache)
+    with pytest.raises(ValueError, match="holds 50 tokens; 60 are needed"):
+        generate(model, p0, 20, cache=KVCache(CFG, 1, 50))

@@ -79,12 +79,21 @@ def encode_prompt(tokenizer, prompt: Sequence[int] | str) -> list[int]:
 
 @dataclass
 class LocalBackend:
-    """Generate with a local checkpoint. One generation at a time (a lock), so threads may share it."""
+    """Generate with a local checkpoint. One generation at a time (a lock), so threads may share it.
+
+    reuse_prefix: keep the KV cache of the last request, so that a prompt that starts with it
+    (the debugger's next step: the same prompt plus the frame just predicted) computes only its
+    new tokens. The results are the same token for token; the cache stays allocated between calls
+    (see `kv_cache_bytes`). compile: decode with the torch.compile'd step (docs/model.md, Speed).
+    """
 
     model: Transformer
     tokenizer: Tokenizer
     device: str = "cpu"
+    reuse_prefix: bool = True
+    compile: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _cache: object = field(default=None, repr=False)
 
     @classmethod
     def from_dir(cls, path, device: str = "cpu") -> "LocalBackend":
@@ -104,39 +113,38 @@ class LocalBackend:
     def context_length(self) -> int:
         return int(self.model.cfg.max_seq_len)
 
+    def _kept_cache(self, needed: int):
+        """The kept KV cache, grown (and so emptied) when `needed` tokens do not fit: to twice the
+        old size or what is needed, at least 1024, at most the context."""
+        from cwm.model.cache import KVCache
+
+        if self._cache is None or self._cache.max_len < needed:
+            old = 0 if self._cache is None else self._cache.max_len
+            size = min(self.context_length, max(needed, 2 * old, 1024))
+            param = next(self.model.parameters())
+            self._cache = None  # free the old one first
+            self._cache = KVCache(self.model.cfg, 1, size, device=param.device, dtype=param.dtype)
+        return self._cache
+
     def complete(self, prompt, stop=(), sampling=Sampling(), on_token=None) -> Completion:
-        """on_token(token), if given, is called as each token is chosen (after the stop-string
-        check); an exception it raises ends the generation and propagates (the server uses it to
-        stream tokens and to stop for a client that hung up)."""
+        """on_token(token), if given, is called as each token is kept (after the stop checks);
+        an exception it raises ends the generation and propagates (the server uses it to stream
+        tokens and to stop for a client that hung up)."""
         from cwm.model import generate
 
         ids = encode_prompt(self.tokenizer, prompt)
         stop_ids, strings = split_stops(self.tokenizer, stop)
-        tokens: list[int] = []
-        tail = max((len(s) for s in strings), default=0) + 4  # tokens that can hold a stop string
-
-        def each_token(row: int, token: int) -> None:
-            tokens.append(token)
-            if strings and any(s in self.tokenizer.decode(tokens[-tail:]) for s in strings):
-                raise _StopString  # generate has no stop strings: end it from its callback
-            if on_token is not None:
-                on_token(token)
-
         with self._lock:  # one generation at a time: the model and its caches are not shared
-            try:
-                generate(self.model, ids, sampling.max_new_tokens, temperature=sampling.temperature,
-                         top_p=sampling.top_p, stop_tokens=sorted(stop_ids), seed=sampling.seed, on_token=each_token)
-            except _StopString:
-                pass
-        stopped = bool(tokens) and (tokens[-1] in stop_ids or any(s in self.tokenizer.decode(tokens) for s in strings))
-        return Completion(
-            tokens=tokens, text=self.tokenizer.decode(tokens),
-            finish_reason="stop" if stopped else "length", prompt_tokens=len(ids),
-        )
-
-
-class _StopString(Exception):
-    pass
+            cache = self._kept_cache(len(ids) + sampling.max_new_tokens) if self.reuse_prefix else None
+            tokens = generate(
+                self.model, ids, sampling.max_new_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
+                stop_tokens=sorted(stop_ids), stop_strings=strings, decode=self.tokenizer.decode, seed=sampling.seed,
+                on_token=None if on_token is None else lambda row, token: on_token(token),
+                cache=cache, compile=self.compile,
+            )
+        text = self.tokenizer.decode(tokens)
+        stopped = bool(tokens) and (tokens[-1] in stop_ids or any(s in text for s in strings))
+        return Completion(tokens=tokens, text=text, finish_reason="stop" if stopped else "length", prompt_tokens=len(ids))
 
 
 # Sent instead of temperature 0 (greedy) to a server that is not `cwm serve`: the release's fgserve

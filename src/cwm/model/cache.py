@@ -1,19 +1,45 @@
-"""KV cache for generation, preallocated once.
+"""KV cache for generation: fixed-shape tensors, allocated once.
 
-Each layer keeps a ring of slots: `max_len` slots on global layers (it never wraps), `window`
-slots on sliding layers (a sliding layer never looks further back, so its memory stops growing
-at the window). The token at position p lives in slot p % size. Attention does not care about
-the order of keys, so a decode step writes its key and attends to all filled slots without a
-mask, unless rows mix documents (left padding in a batch), where a mask on the slots' document
-ids keeps each row to its own document. The rotary table for all positions is computed once here.
+Each layer keeps `max_len` slots on global layers (they never wrap) and `window + ROLLBACK_SLOTS`
+on sliding layers (a sliding layer never looks further back than its window, so its memory stops
+growing there; the extra slots let a cache be cut back a little, see `truncate`). The token at
+position p lives in slot p % size; `slot_pos` records which position each slot holds (-1: none),
+and, once rows hold several documents (left padding in a batch), `slot_doc` which document.
+Masks come from those two, so attention never depends on the order of the slots.
+
+Two ways in, both with explicit positions (`Transformer.forward(..., positions=, cache=)`):
+  decode   one token per row: written into its slot, then its query attends to every slot under a
+           mask. Shapes never change and no host value is read, so the step compiles once.
+  prefill  T > 1 tokens at positions start..start+T-1: queries attend to the slots filled before
+           `start`, then to each other; then the last tokens are written. From start 0 this is
+           the uncached attention plan (attention.py).
+`plan` turns positions into the rotary table and one `CacheStep` per window size; each layer
+then calls `store` with its step. Nothing else passes between the model and the cache.
 """
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
 
+import torch
+from torch import Tensor
+
+from cwm.model.attention import AttentionPlan, Masked, attention_mask, plan_attention
 from cwm.model.config import ModelConfig
-from cwm.model.transformer import attention_kwargs, attention_mask, rope_inv_freq, rope_table
+from cwm.model.rope import rope_inv_freq, rope_table
+
+# Slots a sliding layer keeps beyond its window: a cache can be cut back by up to this many tokens
+# (`truncate`: the debugger's next prompt drops the tokens decoded past a stop) and still reused.
+ROLLBACK_SLOTS = 64
+
+
+@dataclass(frozen=True)
+class CacheStep:
+    """One forward's use of the layers of one window size."""
+
+    plan: AttentionPlan  # how the queries attend to the keys `store` returns
+    slots: Tensor  # the slots the last len(slots) new tokens are written to
+    old: int | None  # prefill: the first `old` slots are attended before the new keys; None: decode
 
 
 class KVCache:
@@ -21,89 +47,97 @@ class KVCache:
         if max_len > cfg.max_seq_len:
             raise ValueError(f"a KV cache of {max_len} tokens exceeds the model's max_seq_len {cfg.max_seq_len}")
         self.batch_size, self.max_len = batch_size, max_len
-        self.length = 0  # tokens written so far = position of the next token
-        self.sizes = {w: min(w or max_len, max_len) for w in map(cfg.window, range(cfg.n_layers))}
+        windows = [cfg.window(layer) for layer in range(cfg.n_layers)]
+        self.sizes = {w: max_len if w is None else min(w + ROLLBACK_SLOTS, max_len) for w in windows}
         self.keys, self.values = [], []
-        for layer in range(cfg.n_layers):
-            shape = (batch_size, cfg.n_kv_heads, self.sizes[cfg.window(layer)], cfg.head_dim)
+        for w in windows:
+            shape = (batch_size, cfg.n_kv_heads, self.sizes[w], cfg.head_dim)
             self.keys.append(torch.zeros(shape, device=device, dtype=dtype))
             self.values.append(torch.zeros(shape, device=device, dtype=dtype))
-        positions = torch.arange(max_len, device=device)
-        self.cos, self.sin = rope_table(positions, rope_inv_freq(cfg, device=device), dtype)
+        self.slot_pos = {w: torch.full((s,), -1, dtype=torch.long, device=device) for w, s in self.sizes.items()}
+        self.slot_doc: dict[int | None, Tensor] | None = None  # [B, size] each, once rows hold several documents
         self.doc = torch.zeros(batch_size, dtype=torch.long, device=device)  # each row's current document
-        # Once rows hold several documents: per window, the document id in each slot.
-        self.slot_doc: dict[int | None, torch.Tensor] | None = None
-        self._start = 0
+        self.cos, self.sin = rope_table(torch.arange(max_len, device=device), rope_inv_freq(cfg, device=device), dtype)
+        self.ids: list[int] = []  # batch 1: the tokens whose keys are held, in order (for prefix reuse)
+        self.reused = 0  # of the last prompt generated from, the leading tokens found here (not computed)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values)
 
-    def begin(self, T: int, doc_ids: torch.Tensor | None):
-        """Account for T new tokens (doc_ids None: each row continues its document); return the
-        rotary table for their positions and the SDPA arguments for each window size."""
-        start, end = self.length, self.length + T
-        if end > self.max_len:
-            raise ValueError(f"the KV cache holds {self.max_len} tokens; {end} were asked for")
-        rope = (self.cos[start:end], self.sin[start:end])
-        self._start, self.length = start, end
-        if doc_ids is not None and self.slot_doc is None:
-            previous = self.doc[:, None] if start else doc_ids[:, :1]
-            if (doc_ids != previous).any():  # from now on, track documents per slot
-                self.slot_doc = {w: self.doc[:, None].repeat(1, s) for w, s in self.sizes.items()}
-        if doc_ids is None:
-            doc_ids = self.doc[:, None].expand(-1, T)
+    def plan(self, positions: Tensor, doc_ids: Tensor | None = None):
+        """The rotary table for `positions` [T] and a `CacheStep` per window size. doc_ids [B, T]
+        (None: each row continues its document) is given by a prefill whose rows mix documents."""
+        rope = (self.cos[positions], self.sin[positions])
+        if positions.shape[0] == 1:
+            return rope, self._decode(positions)
+        return rope, self._prefill(positions, doc_ids)
 
-        if T == 1 and start > 0:  # decode: attend to every filled slot
-            attn = {}
-            for window, size in self.sizes.items():
-                mask = None
-                if self.slot_doc is not None:
-                    self.slot_doc[window][:, start % size] = doc_ids[:, 0]
-                    mask = (self.slot_doc[window][:, : min(end, size)] == doc_ids)[:, None, None, :]
-                attn[window] = {"attn_mask": mask}
-        else:
-            attn = {window: self._chunk_kwargs(window, start, doc_ids) for window in self.sizes}
+    def _decode(self, positions: Tensor) -> dict:
+        steps = {}
+        for window, size in self.sizes.items():
+            slots = positions % size
+            slot_pos = self.slot_pos[window].index_copy_(0, slots, positions)
+            mask = attention_mask(positions, slot_pos, window)  # [1, size]
             if self.slot_doc is not None:
-                for window, size in self.sizes.items():
-                    kept = torch.arange(max(start, end - size), end, device=doc_ids.device)
-                    self.slot_doc[window][:, kept % size] = doc_ids[:, kept - start]
-        self.doc = doc_ids[:, -1].clone()
-        return rope, attn
+                slot_doc = self.slot_doc[window].index_copy_(1, slots, self.doc[:, None])
+                mask = (mask & (slot_doc == self.doc[:, None]))[:, None, None, :]
+            steps[window] = CacheStep(Masked(mask), slots, None)
+        return steps
 
-    def _chunk_kwargs(self, window, start, doc_ids) -> dict:
-        """SDPA arguments for T > 1 new tokens, keys laid out as `update` returns them."""
-        T, size, device = doc_ids.shape[1], self.sizes[window], doc_ids.device
-        if start == 0:  # a prefill attends like an uncached forward
-            return attention_kwargs(T, window, None if self.slot_doc is None else doc_ids, device)
-        positions = torch.arange(start, start + T, device=device)
-        if size == self.max_len:  # never wraps: slots 0 .. end-1 in order
-            k_pos = torch.arange(start + T, device=device)
-        else:  # the ring's old contents (slot s holds the last position = s mod size), then the new tokens
-            slots = torch.arange(min(start, size), device=device)
-            k_pos = torch.cat((start - 1 - (start - 1 - slots) % size, positions))
-        if self.slot_doc is None:
-            return {"attn_mask": attention_mask(positions, k_pos, window)}
-        k_doc = torch.cat((self.slot_doc[window][:, : len(k_pos) - T], doc_ids), 1)
-        return {"attn_mask": attention_mask(positions, k_pos, window, doc_ids, k_doc)[:, None]}
+    def _prefill(self, positions: Tensor, doc_ids: Tensor | None) -> dict:
+        T, device = positions.shape[0], positions.device
+        start = int(positions[0])  # one host read per prefill
+        if start == 0:  # a new sequence: forget every slot
+            for t in self.slot_pos.values():
+                t.fill_(-1)
+            self.slot_doc = None
+        if doc_ids is not None and self.slot_doc is None and bool((doc_ids != doc_ids[:, :1]).any() or start):
+            self.slot_doc = {w: self.doc[:, None].repeat(1, s) for w, s in self.sizes.items()}
+        docs = self.doc[:, None].expand(-1, T) if doc_ids is None else doc_ids
+        steps = {}
+        for window, size in self.sizes.items():
+            if start == 0:  # attend like an uncached forward
+                plan = plan_attention(T, window, None if self.slot_doc is None else docs, device)
+                old = 0
+            else:
+                old = min(start, size)
+                k_pos = torch.cat((self.slot_pos[window][:old], positions))
+                if self.slot_doc is None:
+                    plan = Masked(attention_mask(positions, k_pos, window))
+                else:
+                    k_doc = torch.cat((self.slot_doc[window][:, :old], docs), 1)
+                    plan = Masked(attention_mask(positions, k_pos, window, docs, k_doc)[:, None])
+            kept = positions[-min(T, size):]
+            slots = kept % size
+            self.slot_pos[window][slots] = kept
+            if self.slot_doc is not None:
+                self.slot_doc[window][:, slots] = docs[:, -len(kept):]
+            steps[window] = CacheStep(plan, slots, old)
+        self.doc = docs[:, -1].clone()
+        return steps
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Store a layer's new keys/values [B, kv_heads, T, head_dim]; return the keys/values to attend to."""
+    def store(self, layer: int, step: CacheStep, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write a layer's new keys/values [B, kv_heads, T, head_dim]; return the ones to attend to."""
         K, V = self.keys[layer], self.values[layer]
-        size, T, start = K.shape[2], k.shape[2], self._start
-        if T == 1 and start > 0:  # decode
-            K.narrow(2, start % size, 1).copy_(k)
-            V.narrow(2, start % size, 1).copy_(v)
-            n = min(start + 1, size)
-            return K.narrow(2, 0, n), V.narrow(2, 0, n)
-        if size == self.max_len:  # never wraps
-            K[:, :, start : start + T] = k
-            V[:, :, start : start + T] = v
-            return (k, v) if start == 0 else (K[:, :, : start + T], V[:, :, : start + T])
-        # A ring and a chunk: attend to the old contents plus the chunk, then keep the last `size`.
-        n = min(start, size)
-        keys, values = (k, v) if start == 0 else (torch.cat((K[:, :, :n], k), 2), torch.cat((V[:, :, :n], v), 2))
-        kept = slice(max(0, T - size), T)
-        slots = torch.arange(start, start + T, device=k.device)[kept] % size
-        K[:, :, slots] = k[:, :, kept]
-        V[:, :, slots] = v[:, :, kept]
+        if step.old is None:  # decode: into the token's slot, then attend to every slot
+            K.index_copy_(2, step.slots, k)
+            V.index_copy_(2, step.slots, v)
+            return K, V
+        keys, values = (k, v) if step.old == 0 else (torch.cat((K[:, :, : step.old], k), 2), torch.cat((V[:, :, : step.old], v), 2))
+        n = step.slots.shape[0]
+        K[:, :, step.slots] = k[:, :, -n:]
+        V[:, :, step.slots] = v[:, :, -n:]
         return keys, values
+
+    def truncate(self, length: int) -> bool:
+        """Keep only the first `length` tokens (the next ones will overwrite the rest). False, and
+        nothing changed, when a sliding layer has already overwritten some of the last `window`
+        of them: the caller starts over (a prefill from position 0)."""
+        for window, size in self.sizes.items():
+            needed = torch.arange(max(0, length - (window or length)), length, device=self.slot_pos[window].device)
+            if not bool((self.slot_pos[window][needed % size] == needed).all()):
+                return False
+        for t in self.slot_pos.values():
+            t.masked_fill_(t >= length, -1)
+        self.ids = self.ids[:length]
+        return True

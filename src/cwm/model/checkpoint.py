@@ -20,7 +20,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from cwm.model.config import ModelConfig
-from cwm.model.transformer import Transformer, rope_inv_freq
+from cwm.model.rope import rope_inv_freq
+from cwm.model.transformer import Transformer
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
