@@ -216,7 +216,7 @@ def test_chat_policy_against_a_loopback_server(task):
 
     from conftest import free_port, wait_until_healthy
 
-    script = iter(fix_by_hand())
+    script = iter(["I keep thinking", *fix_by_hand()])  # first a thought never closed
     app, received = FastAPI(), []
 
     @app.get("/health")
@@ -227,7 +227,7 @@ def test_chat_policy_against_a_loopback_server(task):
     async def chat(request: Request):
         body = await request.json()
         received.append(body)
-        reasoning, content = next(script).split("\n</think>\n")  # as the release's server splits it
+        reasoning, _, content = next(script).partition("\n</think>\n")  # as the servers split it
         return {"choices": [{"index": 0, "message": {"role": "assistant", "content": content,
                                                       "reasoning_content": reasoning}}],
                 "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
@@ -246,10 +246,12 @@ def test_chat_policy_against_a_loopback_server(task):
     last = received[-1]
     assert last["reasoning"] == {"enabled": True} and last["seed"] == 3 and "tools" not in last
     roles = [m["role"] for m in last["messages"]]
-    assert roles[:4] == ["system", "user", "assistant", "tool"]
-    tool = last["messages"][3]
+    assert roles[:6] == ["system", "user", "assistant", "user", "assistant", "tool"]
+    # all reasoning, no content: no `</think>` is made up for it
+    assert last["messages"][3]["content"] == "FormatError: Expected exactly one thinking end token, got 0"
+    tool = last["messages"][5]
     assert tool["name"] == "bash" and tool["tool_call_id"].startswith("bash-") and len(tool["tool_call_id"]) == 37
-    assert last["messages"][2]["content"] == "<think>\n" + fix_by_hand()[0]  # the whole text the model wrote
+    assert last["messages"][4]["content"] == "<think>\n" + fix_by_hand()[0]  # the whole text the model wrote
 
     with pytest.raises(PolicyError, match="cannot reach"):
         ChatPolicy(f"http://127.0.0.1:{free_port()}")([{"role": "user", "content": "hi"}])

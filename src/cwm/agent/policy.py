@@ -145,7 +145,7 @@ class ChatPolicy:
     No `tools` are sent (the system prompt describes them, as in the release), so the model's
     tool call comes back inside `content`. A reply split into `reasoning_content` (or
     `reasoning`) and `content` is joined back where the release's server splits it:
-    reasoning + "\\n</think>\\n" + content."""
+    reasoning + "\\n</think>\\n" + content (reasoning alone stays alone: an unclosed thought)."""
 
     url: str
     model: str | None = None
@@ -186,7 +186,10 @@ class ChatPolicy:
             reasoning = message.get("reasoning") if reasoning is None else reasoning
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
             raise PolicyError(f"{endpoint} did not answer like the OpenAI chat API (choices[0].message): {e!r}") from None
-        text = content if reasoning is None else reasoning + "\n" + THINK_END + "\n" + content
+        # Joined back where the server split it; a thought that was never closed (all reasoning,
+        # no content: docs/serve.md) gets no `</think>` it never wrote.
+        text = reasoning + "\n" + THINK_END + "\n" + content if reasoning is not None and content else (
+            content or reasoning or "")
         return text.removeprefix(THINK_START)  # a template that leaves "<think>\n" to the model
 
 
