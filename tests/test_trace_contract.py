@@ -34,11 +34,18 @@ def test_the_c_module_exports_the_constants_it_writes_and_python_agrees():
     assert {f.event for f in t.frames} == set(tokens.EVENTS) and t.status == "ok"
 
 
-def test_what_a_scope_remembers_has_named_fields_in_the_order_python_builds_them():
-    assert _ctrace.Tracked.__match_args__ == ("value", "items", "text", "nbytes", "fingerprint", "how")
-    fields = _ctrace.Tracked.__match_args__
-    made = values.tracked(**{name: f"<{name}>" for name in fields})  # values.py's one positional spelling
-    assert {name: getattr(made, name) for name in fields} == {name: f"<{name}>" for name in fields}
+def test_what_a_scope_remembers_has_named_fields():
+    fields = {"value": [1], "items": None, "text": "[1]", "nbytes": 5, "fingerprint": None, "how": values.SAME}
+    assert _ctrace.Tracked.__match_args__ == tuple(fields)
+    made = _ctrace.Tracked(**dict(reversed(fields.items())))  # by keyword, in any order
+    assert {name: getattr(made, name) for name in fields} == fields
+    assert _ctrace.Tracked(*fields.values()).text == "[1]"
+    with pytest.raises(ValueError, match="how must be SAME, CHANGED or REWRITTEN"):
+        _ctrace.Tracked(**{**fields, "how": 3})
+    with pytest.raises(TypeError, match="missing its argument how"):
+        _ctrace.Tracked(**{k: v for k, v in fields.items() if k != "how"})
+    with pytest.raises(TypeError, match="text must be a str"):
+        _ctrace.Tracked(**{**fields, "text": b"[1]"})
     r = values.ValueRenderer(limit=10)
     xs = [1, 2]
     first = r.track(xs, None)
@@ -52,9 +59,22 @@ def test_the_c_side_refuses_a_positional_tuple_from_python(monkeypatch):
     """A tuple (as the contract used to be) instead of a Tracked is a clear tracer error, not
     a silently misread field."""
     track = values.ValueRenderer.track
-    monkeypatch.setattr(values.ValueRenderer, "track", lambda self, value, seen: tuple(track(self, value, seen)))
+
+    def as_tuple(self, value, seen):
+        t = track(self, value, seen)
+        return (t.value, t.items, t.text, t.nbytes, t.fingerprint, t.how)
+
+    monkeypatch.setattr(values.ValueRenderer, "track", as_tuple)
     t = trace_call("def f():\n    xs = [[1], {2: 3}]\n    return len(xs)\n", "f()")
     assert t.status == "tracer_error" and "track must return a _ctrace.Tracked, not tuple" in t.error
+
+
+def test_a_tracked_value_is_not_a_tuple():
+    """Nothing reads a Tracked by position: it has no positions."""
+    made = values.ValueRenderer(10).track([1, 2], None)
+    assert not isinstance(made, tuple)
+    with pytest.raises(TypeError):
+        made[0]
 
 
 def test_the_type_stub_names_what_the_c_module_exports():
@@ -65,6 +85,8 @@ def test_the_type_stub_names_what_the_c_module_exports():
     classes = {n.name: n for n in stub.body if isinstance(n, ast.ClassDef)}
     tracked = [n.name for n in classes["Tracked"].body if isinstance(n, ast.FunctionDef) and n.name != "__new__"]
     assert tuple(tracked) == _ctrace.Tracked.__match_args__
+    new = next(n for n in classes["Tracked"].body if isinstance(n, ast.FunctionDef) and n.name == "__new__")
+    assert tuple(a.arg for a in new.args.args[1:]) == _ctrace.Tracked.__match_args__
     members = {n.name if isinstance(n, ast.FunctionDef) else n.target.id for n in classes["Tracer"].body
                if isinstance(n, (ast.FunctionDef, ast.AnnAssign))} - {"__init__"}
     assert members == {name for name in dir(_ctrace.Tracer) if not name.startswith("_")}

@@ -13,8 +13,8 @@
  *   - counts the bytes of every frame's text as it goes, without writing it (the size limit).
  * The contract with Python is by name, never by position: the module exports what both sides
  * must agree on (EVENTS, SAME/CHANGED/REWRITTEN, FRAME_FIELDS, the Tracked type; see
- * tests/test_trace_contract.py); what a scope remembers of a local is a `Tracked` (a struct
- * sequence: named fields), made here or by values.py.
+ * tests/test_trace_contract.py); what a scope remembers of a local is a `Tracked` (a type
+ * with named fields, not a tuple), made here or by values.py.
  * Past a limit, recorder.py's check_limits sets the status and raises the recorder's stop signal.
  * Any other exception raised here (a bug, or the recursion limit) is kept in `failure`,
  * recording ends (`done`), and the stop signal is raised in the program instead.
@@ -31,23 +31,141 @@ enum { SAME, CHANGED, REWRITTEN };
 enum { CALL_, LINE_, RETURN_, EXCEPTION_, NEVENTS };
 static const char *EVENT_SPELLINGS[NEVENTS] = {"call", "line", "return", "exception"};
 
-/* What a scope remembers of a local: a Tracked (named fields, exported). */
-enum { TRACKED_VALUE, TRACKED_ITEMS, TRACKED_TEXT, TRACKED_NBYTES, TRACKED_FINGERPRINT, TRACKED_HOW, NTRACKED };
-static PyStructSequence_Field tracked_fields[] = {
-    {"value", "the object itself when identity vouches for its text, else values.UNKEPT"},
-    {"items", "the shallow copy of a list or dict while `value` holds its very items, else None"},
-    {"text", "the value's text (its bounded repr)"},
-    {"nbytes", "the length of the text as a JSON string: the bytes it takes in a trace"},
-    {"fingerprint", "None when the text is not truncated, else a digest of the whole value (see values.py)"},
-    {"how", "SAME, CHANGED or REWRITTEN: how the value compares with what the scope remembered before"},
-    {NULL, NULL},
+/* What a scope remembers of a local: a Tracked (exported), made here for numbers and short
+ * strings and by values.ValueRenderer.track for the rest. Both sides use its fields by name. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *value;       /* the object itself when identity vouches for its text, else values.UNKEPT */
+    PyObject *items;       /* the shallow copy of a list or dict while `value` holds its very items, else None */
+    PyObject *text;        /* the value's text (its bounded repr) */
+    PyObject *fingerprint; /* None when the text is not truncated, else a digest of the whole value (values.py) */
+    Py_ssize_t nbytes;     /* the length of the text as a JSON string: the bytes it takes in a trace */
+    int how;               /* SAME, CHANGED or REWRITTEN: against what the scope remembered before */
+} Tracked;
+
+static PyTypeObject TrackedType;
+static const char *TRACKED_FIELDS[] = {"value", "items", "text", "nbytes", "fingerprint", "how", NULL};
+enum { NTRACKED = 6 };
+
+static PyObject *
+new_tracked(PyObject *value, PyObject *items, PyObject *text, Py_ssize_t nbytes, PyObject *fingerprint, int how)
+{
+    if (!PyUnicode_Check(text)) {
+        PyErr_Format(PyExc_TypeError, "Tracked.text must be a str, not %.100s", Py_TYPE(text)->tp_name);
+        return NULL;
+    }
+    if (how < SAME || how > REWRITTEN || nbytes < 0) {
+        PyErr_Format(PyExc_ValueError, "Tracked: how must be SAME, CHANGED or REWRITTEN (got %d) and nbytes >= 0", how);
+        return NULL;
+    }
+    Tracked *t = PyObject_GC_New(Tracked, &TrackedType);
+    if (t == NULL)
+        return NULL;
+    t->value = Py_NewRef(value);
+    t->items = Py_NewRef(items);
+    t->text = Py_NewRef(text);
+    t->fingerprint = Py_NewRef(fingerprint);
+    t->nbytes = nbytes;
+    t->how = how;
+    PyObject_GC_Track(t);
+    return (PyObject *)t;
+}
+
+/* Tracked(value, items, text, nbytes, fingerprint, how), by position or keyword (vectorcall). */
+static PyObject *
+Tracked_vectorcall(PyObject *Py_UNUSED(type), PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *field[NTRACKED] = {NULL};
+    if (nargs > NTRACKED) {
+        PyErr_Format(PyExc_TypeError, "Tracked takes %d arguments (%zd given)", NTRACKED, nargs);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        field[i] = args[i];
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, k);
+        int i = 0;
+        while (i < NTRACKED && PyUnicode_CompareWithASCIIString(name, TRACKED_FIELDS[i]) != 0)
+            i++;
+        if (i == NTRACKED || field[i] != NULL) {
+            PyErr_Format(PyExc_TypeError, "Tracked got %s argument %R", i == NTRACKED ? "an unexpected" : "a repeated",
+                         name);
+            return NULL;
+        }
+        field[i] = args[nargs + k];
+    }
+    for (int i = 0; i < NTRACKED; i++)
+        if (field[i] == NULL) {
+            PyErr_Format(PyExc_TypeError, "Tracked is missing its argument %s", TRACKED_FIELDS[i]);
+            return NULL;
+        }
+    Py_ssize_t nbytes = PyLong_AsSsize_t(field[3]);
+    long how = PyLong_AsLong(field[5]);
+    if ((nbytes == -1 || how == -1) && PyErr_Occurred())
+        return NULL;
+    return new_tracked(field[0], field[1], field[2], nbytes, field[4], (int)how);
+}
+
+static int
+Tracked_traverse(Tracked *t, visitproc visit, void *arg)
+{
+    Py_VISIT(t->value);
+    Py_VISIT(t->items);
+    Py_VISIT(t->text);
+    Py_VISIT(t->fingerprint);
+    return 0;
+}
+
+static int
+Tracked_clear(Tracked *t)
+{
+    Py_CLEAR(t->value);
+    Py_CLEAR(t->items);
+    Py_CLEAR(t->text);
+    Py_CLEAR(t->fingerprint);
+    return 0;
+}
+
+static void
+Tracked_dealloc(Tracked *t)
+{
+    PyObject_GC_UnTrack(t);
+    Tracked_clear(t);
+    Py_TYPE(t)->tp_free((PyObject *)t);
+}
+
+static PyObject *
+Tracked_repr(Tracked *t)
+{
+    return PyUnicode_FromFormat("Tracked(value=%R, items=%R, text=%R, nbytes=%zd, fingerprint=%R, how=%d)", t->value,
+                                t->items, t->text, t->nbytes, t->fingerprint, t->how);
+}
+
+static PyMemberDef Tracked_members[] = {
+    {"value", T_OBJECT_EX, offsetof(Tracked, value), READONLY, "the object itself when identity vouches for its text, else values.UNKEPT"},
+    {"items", T_OBJECT_EX, offsetof(Tracked, items), READONLY, "the shallow copy of a list or dict while `value` holds its very items, else None"},
+    {"text", T_OBJECT_EX, offsetof(Tracked, text), READONLY, "the value's text (its bounded repr)"},
+    {"nbytes", T_PYSSIZET, offsetof(Tracked, nbytes), READONLY, "the length of the text as a JSON string: the bytes it takes in a trace"},
+    {"fingerprint", T_OBJECT_EX, offsetof(Tracked, fingerprint), READONLY, "None when the text is not truncated, else a digest of the whole value"},
+    {"how", T_INT, offsetof(Tracked, how), READONLY, "SAME, CHANGED or REWRITTEN: how the value compares with what the scope remembered before"},
+    {NULL},
 };
-static PyStructSequence_Desc tracked_desc = {
-    "cwm.trace._ctrace.Tracked", "What a scope remembers of a local (values.ValueRenderer.track).", tracked_fields,
-    NTRACKED,
+
+static PyTypeObject TrackedType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "cwm.trace._ctrace.Tracked",
+    .tp_doc = PyDoc_STR("Tracked(value, items, text, nbytes, fingerprint, how): what a scope remembers of a local."),
+    .tp_basicsize = sizeof(Tracked),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_vectorcall = Tracked_vectorcall,
+    .tp_dealloc = (destructor)Tracked_dealloc,
+    .tp_traverse = (traverseproc)Tracked_traverse,
+    .tp_clear = (inquiry)Tracked_clear,
+    .tp_repr = (reprfunc)Tracked_repr,
+    .tp_members = Tracked_members,
 };
-static PyTypeObject *TrackedType;
-#define TRACKED(t, field) PyStructSequence_GET_ITEM((t), TRACKED_##field)
+#define AS_TRACKED(t) ((Tracked *)(t))
 
 /* The fields of format.Frame, set by name (exported as FRAME_FIELDS). */
 enum { NFRAME_FIELDS = 7 };
@@ -280,16 +398,8 @@ track_first_case(PyObject *value, Py_ssize_t limit, PyObject *seen)
                 nbytes += c[i] == '"' || c[i] == '\\';
         }
     }
-    int same = seen != NULL && PyUnicode_Compare(text, TRACKED(seen, TEXT)) == 0;
-    PyObject *size = PyLong_FromSsize_t(nbytes), *how = PyLong_FromLong(same ? SAME : CHANGED);
-    PyObject *tracked = size && how ? PyStructSequence_New(TrackedType) : NULL;
-    if (tracked != NULL) {
-        PyObject *fields[NTRACKED] = {value, Py_None, text, size, Py_None, how};
-        for (int i = 0; i < NTRACKED; i++)
-            PyStructSequence_SET_ITEM(tracked, i, Py_NewRef(fields[i]));
-    }
-    Py_XDECREF(size);
-    Py_XDECREF(how);
+    int same = seen != NULL && PyUnicode_Compare(text, AS_TRACKED(seen)->text) == 0;
+    PyObject *tracked = new_tracked(value, Py_None, text, nbytes, Py_None, same ? SAME : CHANGED);
     Py_DECREF(text);
     return tracked;
 }
@@ -307,19 +417,13 @@ track(Tracer *self, PyObject *value, PyObject *seen, int *how)
         Py_XDECREF(seen);
         if (tracked == NULL)
             return NULL;
-        if (!Py_IS_TYPE(tracked, TrackedType)) {
+        if (!Py_IS_TYPE(tracked, &TrackedType)) {
             PyErr_Format(PyExc_TypeError, "track must return a _ctrace.Tracked, not %.100s", Py_TYPE(tracked)->tp_name);
             Py_DECREF(tracked);
             return NULL;
         }
     }
-    *how = (int)PyLong_AsLong(TRACKED(tracked, HOW));
-    if (*how < SAME || *how > REWRITTEN) {
-        if (!PyErr_Occurred())
-            PyErr_Format(PyExc_ValueError, "Tracked.how is %d, not SAME, CHANGED or REWRITTEN", *how);
-        Py_DECREF(tracked);
-        return NULL;
-    }
+    *how = AS_TRACKED(tracked)->how; /* SAME, CHANGED or REWRITTEN: new_tracked checks */
     return tracked;
 }
 
@@ -352,11 +456,11 @@ line_local(Tracer *self, Scope *scope, PyObject *texts, PyObject *name, PyObject
     if (seen == NULL && PyErr_Occurred())
         return -1;
     if (seen != NULL) {
-        PyObject *items = TRACKED(seen, ITEMS);
-        if (TRACKED(seen, VALUE) == value && (items == Py_None || same_items(value, items))) {
+        PyObject *items = AS_TRACKED(seen)->items;
+        if (AS_TRACKED(seen)->value == value && (items == Py_None || same_items(value, items))) {
             if (full) /* unchanged, but written in full */
-                *size += PyLong_AsSsize_t(TRACKED(seen, NBYTES)) - self->unchanged_len;
-            return PyDict_SetItem(texts, name, TRACKED(seen, TEXT)); /* unchanged: ".." */
+                *size += AS_TRACKED(seen)->nbytes - self->unchanged_len;
+            return PyDict_SetItem(texts, name, AS_TRACKED(seen)->text); /* unchanged: ".." */
         }
     }
     else if (is_hidden(name))
@@ -372,10 +476,10 @@ line_local(Tracer *self, Scope *scope, PyObject *texts, PyObject *name, PyObject
     if (tracked == NULL)
         return -1;
     int status = -1;
-    if (PyDict_SetItem(scope->seen_of, name, tracked) < 0 || PyDict_SetItem(texts, name, TRACKED(tracked, TEXT)) < 0)
+    if (PyDict_SetItem(scope->seen_of, name, tracked) < 0 || PyDict_SetItem(texts, name, AS_TRACKED(tracked)->text) < 0)
         goto done;
     if (how != SAME || full)
-        *size += PyLong_AsSsize_t(TRACKED(tracked, NBYTES)) - self->unchanged_len;
+        *size += AS_TRACKED(tracked)->nbytes - self->unchanged_len;
     if (how == REWRITTEN) {
         if (*rewritten == NULL && (*rewritten = PyList_New(0)) == NULL)
             goto done;
@@ -571,10 +675,10 @@ on_call(Tracer *self, PyFrameObject *frame, PyCodeObject *code)
         PyObject *tracked = track(self, value, NULL, &how);
         Py_ssize_t n = tracked ? unchanged_bytes_of(self, name) : -1;
         int r = n < 0 || PyDict_SetItem(seen_of, name, tracked) < 0
-                || PyDict_SetItem(texts, name, TRACKED(tracked, TEXT)) < 0;
+                || PyDict_SetItem(texts, name, AS_TRACKED(tracked)->text) < 0;
         if (!r) {
             unchanged_nbytes += n;
-            size += PyLong_AsSsize_t(TRACKED(tracked, NBYTES)) - self->unchanged_len;
+            size += AS_TRACKED(tracked)->nbytes - self->unchanged_len;
         }
         Py_XDECREF(tracked);
         Py_DECREF(name);
@@ -628,8 +732,8 @@ on_leave(Tracer *self, PyFrameObject *frame, int event, PyObject *value)
     PyObject *text, *tracked = track_first_case(value, self->limit, NULL);
     Py_ssize_t size = self->fixed[event][lineno];
     if (tracked != NULL) { /* a number or a short string */
-        text = Py_NewRef(TRACKED(tracked, TEXT));
-        size += PyLong_AsSsize_t(TRACKED(tracked, NBYTES));
+        text = Py_NewRef(AS_TRACKED(tracked)->text);
+        size += AS_TRACKED(tracked)->nbytes;
         Py_DECREF(tracked);
     }
     else {
@@ -963,7 +1067,7 @@ add_contract(PyObject *m)
         && PyModule_AddObjectRef(m, "FRAME_FIELDS", fields) == 0 && PyModule_AddIntConstant(m, "SAME", SAME) == 0
         && PyModule_AddIntConstant(m, "CHANGED", CHANGED) == 0
         && PyModule_AddIntConstant(m, "REWRITTEN", REWRITTEN) == 0
-        && PyModule_AddObjectRef(m, "Tracked", (PyObject *)TrackedType) == 0)
+        && PyModule_AddObjectRef(m, "Tracked", (PyObject *)&TrackedType) == 0)
         status = 0;
     Py_XDECREF(events);
     Py_XDECREF(fields);
@@ -978,8 +1082,14 @@ PyInit__ctrace(void)
     for (int e = 0; e < NEVENTS; e++)
         if ((EVENT_NAMES[e] = PyUnicode_InternFromString(EVENT_SPELLINGS[e])) == NULL)
             return NULL;
-    if (TrackedType == NULL && (TrackedType = PyStructSequence_NewType(&tracked_desc)) == NULL)
+    if (PyType_Ready(&TrackedType) < 0)
         return NULL;
+    PyObject *match_args = str_tuple(TRACKED_FIELDS, NTRACKED); /* its fields in order, for `match` and readers */
+    int failed = match_args == NULL || PyDict_SetItemString(TrackedType.tp_dict, "__match_args__", match_args) < 0;
+    Py_XDECREF(match_args);
+    if (failed)
+        return NULL;
+    PyType_Modified(&TrackedType);
     PyObject *json = PyImport_ImportModule("json.encoder");
     if (json == NULL)
         return NULL;

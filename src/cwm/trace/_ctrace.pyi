@@ -13,10 +13,11 @@ SAME: Final[int]  # how a local changed since the scope's previous frame
 CHANGED: Final[int]
 REWRITTEN: Final[int]  # the same (truncated) text, but the value changed
 
-class Tracked(tuple[Any, ...]):
-    """What a scope remembers of a local (a struct sequence; see values.py)."""
+class Tracked:
+    """What a scope remembers of a local (see values.py): named fields, read-only."""
 
-    def __new__(cls, fields: tuple[Any, Any, str, int, Any, int], /) -> Tracked: ...
+    __match_args__: Final[tuple[str, ...]]
+    def __new__(cls, value: Any, items: Any, text: str, nbytes: int, fingerprint: Any, how: int) -> Tracked: ...
     @property
     def value(self) -> Any: ...
     @property

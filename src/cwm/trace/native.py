@@ -14,7 +14,7 @@ try:  # the names of its contract with Python (tests/test_trace_contract.py; typ
         REWRITTEN,
         SAME,
         Tracer,  # the trace function of a run
-        Tracked,  # what a scope remembers of a local (a struct sequence: named fields)
+        Tracked,  # what a scope remembers of a local (named fields, not a tuple)
         starts_with,  # an identity test of a container's first items
     )
 except ImportError as e:  # a source tree that pip did not build (or built before a change to the C)

@@ -53,8 +53,8 @@ MAX_SNAPSHOT = 100_000  # items; a bigger list or dict is rendered (and fingerpr
 # How a local changed since the scope's previous frame (Tracked.how): SAME, CHANGED, or
 # REWRITTEN (the same truncated text, but the value changed); the C module defines them.
 
-# What a scope remembers of a local is a Tracked (the C module's type; one is built per change,
-# read per line), with named fields:
+# What a scope remembers of a local is a Tracked (the C module's type, built by keyword; one is
+# built per change, read per line), with named fields:
 # value: the object itself when identity vouches for its text, else UNKEPT (never a program's
 #   object): a stable value (is_stable), or a list or dict of scalars while it holds the objects
 #   of `items`, its shallow copy (else items is None);
@@ -65,12 +65,6 @@ MAX_SNAPSHOT = 100_000  # items; a bigger list or dict is rendered (and fingerpr
 UNKEPT = object()
 UNPICKLABLE = object()
 LATER = object()
-
-
-def tracked(value, items, text: str, nbytes: int, fingerprint, how: int) -> Tracked:
-    """A Tracked from its fields (the one place Python spells their order; the contract test
-    holds it to the C type's)."""
-    return Tracked((value, items, text, nbytes, fingerprint, how))
 
 
 def _grew(value, items) -> bool:
@@ -101,11 +95,11 @@ def holds_scalars(value) -> bool:
     return set(map(type, value)) <= SCALARS
 
 
-def _fingerprint_of(seen: Tracked):
+def _fingerprint_of(value, items, fingerprint):
     """The digest of a tracked value as it was when tracked (taken now if it was LATER)."""
-    if seen.fingerprint is LATER:  # builtin data only: pickled without the timer
-        return _digest(_pickle(seen.value if seen.items is None else seen.items))
-    return seen.fingerprint
+    if fingerprint is LATER:  # builtin data only: pickled without the timer
+        return _digest(_pickle(value if items is None else items))
+    return fingerprint
 
 
 class _Timeout(BaseException):
@@ -212,7 +206,8 @@ class ValueRenderer:
                 text = repr(value)  # a few numbers or short strings, in C (as render does)
                 if len(text) <= self.limit:
                     how = CHANGED if seen is None or seen.text != text else SAME
-                    return tracked(value, value.copy(), text, len(json_str(text)), None, how)
+                    return Tracked(value=value, items=value.copy(), text=text, nbytes=len(json_str(text)),
+                                   fingerprint=None, how=how)
             if holds_scalars(value):
                 kept, items = value, value.copy()
         elif is_stable(value):
@@ -225,10 +220,10 @@ class ValueRenderer:
         if seen is not None and seen.text == text:
             how = SAME
             if truncated:  # the same text: did the value change where the text is cut?
-                fingerprint = _fingerprint_of(tracked(kept, items, text, 0, fingerprint, SAME))
-                if fingerprint is UNPICKLABLE or fingerprint != _fingerprint_of(seen):
+                fingerprint = _fingerprint_of(kept, items, fingerprint)
+                if fingerprint is UNPICKLABLE or fingerprint != _fingerprint_of(seen.value, seen.items, seen.fingerprint):
                     how = REWRITTEN
-        return tracked(kept, items, text, len(json_str(text)), fingerprint, how)
+        return Tracked(value=kept, items=items, text=text, nbytes=len(json_str(text)), fingerprint=fingerprint, how=how)
 
     def text(self, value) -> str:
         """The value's text alone (a return value: no scope remembers it)."""
@@ -242,7 +237,8 @@ class ValueRenderer:
         if seen.fingerprint is not None:  # truncated: the text shows old items only, and stays
             if not holds_scalars(tail):
                 return None
-            return tracked(value, value.copy(), seen.text, seen.nbytes, LATER, REWRITTEN)
+            return Tracked(value=value, items=value.copy(), text=seen.text, nbytes=seen.nbytes, fingerprint=LATER,
+                           how=REWRITTEN)
         if not (_simple(tail, self.limit) and (is_list or _simple(tail.values(), self.limit))):
             return None  # not only numbers, or only short strings: render it all
         # repr(old + tail) is repr(old) with the tail's items before its closing bracket
@@ -251,7 +247,8 @@ class ValueRenderer:
         if truncated:
             text = text[: self.limit] + ELLIPSIS
         how = REWRITTEN if text == seen.text else CHANGED
-        return tracked(value, value.copy(), text, len(json_str(text)), LATER if truncated else None, how)
+        return Tracked(value=value, items=value.copy(), text=text, nbytes=len(json_str(text)),
+                       fingerprint=LATER if truncated else None, how=how)
 
     def _walk(self, v, out: list[str], budget: int, active: set[int]) -> int:
         """Append the repr of v to out until budget characters are written; return budget left."""
