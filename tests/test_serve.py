@@ -307,3 +307,17 @@ def test_a_stream_stops_generating_when_its_reader_leaves(server):
     after = _idle(server, timeout=3)
     assert time.monotonic() - gone < 1.0
     assert after["generated_tokens"] - before < LONG["max_tokens"]
+
+
+def test_a_chat_stream_stops_generating_when_its_reader_leaves(server):
+    before = _idle(server)["generated_tokens"]
+    body = {"messages": [{"role": "user", "content": "def f(x):"}], "max_tokens": 400, "temperature": 0,
+            "stream": True}  # the untrained model does not stop before 400 tokens
+    with httpx.stream("POST", server + "/v1/chat/completions", json=body, timeout=60) as reply:
+        events = (json.loads(line.removeprefix("data: ")) for line in reply.iter_lines() if line.startswith("data: "))
+        assert next(events)["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+        assert next(events)["choices"][0]["delta"]["content"]  # text is coming
+    gone = time.monotonic()  # the reader closed the connection
+    after = _idle(server, timeout=3)
+    assert time.monotonic() - gone < 1.0
+    assert after["generated_tokens"] - before < body["max_tokens"]
