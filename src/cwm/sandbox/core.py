@@ -232,11 +232,12 @@ def _run(limits: Limits, job: _Job, uid: int | None = None) -> SandboxResult:
         st = os.stat(job.workspace)
         owner = (st.st_uid, st.st_gid)
     keeper, pid_ns, pipes, stdin_w = _launch(limits, job, uid)
+    keeper_fd = _pidfd(keeper)
     got = {name: bytearray() for name in pipes}
     try:
-        killed_for = _collect(limits, job, keeper, pid_ns, pipes, stdin_w, start, got)
+        killed_for = _collect(limits, job, keeper_fd, pid_ns, pipes, stdin_w, start, got)
     finally:
-        _, keeper_status = os.waitpid(keeper, 0)
+        keeper_status = _wait_for(keeper, keeper_fd)
         if owner is not None:
             _hand_over(job.workspace, *owner)  # give the workspace back to its owner
         report = _parse_status(bytes(got["status"]))
@@ -310,6 +311,35 @@ def _leave_new_pid_ns() -> None:
         raise OSError(err, f"cwm sandbox: cannot return to our own PID namespace: {os.strerror(err)}")
 
 
+def _pidfd(pid: int) -> int | None:
+    """An fd of our child `pid`, to wait for it and signal it; None if it is gone already (reaped by the
+    kernel: only where the caller ignores SIGCHLD)."""
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _wait_for(pid: int, pidfd: int | None) -> int:
+    """Reap our child `pid` and close its pidfd; its wait status (0 if the kernel reaped it). Where the
+    caller ignores SIGCHLD, the kernel reaps the child itself and waitpid(pid, 0) would wait for every
+    other child of the caller before failing; a pidfd is readable once the child has exited, either way."""
+    if pidfd is None:
+        return 0
+    try:
+        select.select([pidfd], [], [])
+    finally:
+        os.close(pidfd)
+    while True:
+        try:
+            reaped, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # the kernel reaped it (SIGCHLD ignored)
+            return 0
+        if reaped:
+            return status
+        time.sleep(0.001)  # exited, not yet waitable (only while the kernel reaps it)
+
+
 def _check_limits(limits: Limits) -> None:
     for name, value in limits.__dict__.items():
         if name == "network":
@@ -321,7 +351,7 @@ def _check_limits(limits: Limits) -> None:
                          f"got {limits.max_open_files}")
 
 
-def _collect(limits, job, keeper, pid_ns, fds, stdin_w, start, got) -> str | None:
+def _collect(limits, job, keeper_fd, pid_ns, fds, stdin_w, start, got) -> str | None:
     """Read every pipe into `got` until all are closed or the deadline; returns why we killed, if we did."""
     sel = selectors.DefaultSelector()
     caps = {"stdout": limits.max_output_bytes, "stderr": limits.max_output_bytes,
@@ -368,8 +398,9 @@ def _collect(limits, job, keeper, pid_ns, fds, stdin_w, start, got) -> str | Non
         finished = True
     finally:
         if killed_for or not finished:  # not finished: we are being interrupted (Ctrl-C)
-            # The keeper is our own unreaped child, so its pid cannot have been reused. As PID 1 its
-            # death kills the whole namespace; without one, kill the runner's process group first.
+            # Signalled through its pidfd, which names that process and no other even once its pid
+            # is free again. As PID 1 its death kills the whole namespace; without one, kill the
+            # runner's process group first.
             if not pid_ns:
                 runner = _parse_status(bytes(got["status"])).get("runner")
                 if runner:
@@ -377,7 +408,11 @@ def _collect(limits, job, keeper, pid_ns, fds, stdin_w, start, got) -> str | Non
                         os.killpg(runner, signal.SIGKILL)
                     except (ProcessLookupError, PermissionError):
                         pass
-            os.kill(keeper, signal.SIGKILL)
+            if keeper_fd is not None:
+                try:
+                    signal.pidfd_send_signal(keeper_fd, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             _drain(sel, got, caps, grace=2.0)
         for key in list(sel.get_map().values()):
             os.close(key.fd)
@@ -729,6 +764,7 @@ _STDIN, _STDOUT, _STDERR, _RESULT, _STATUS = 0, 1, 2, 3, 4
 
 def _keeper(limits, job, uid, plan, pipes, stdin) -> None:
     try:
+        _default_signals()
         if job.mount_ns is not None and _libc.setns(job.mount_ns, _CLONE_NEWNS) != 0:  # before _unshare copies it
             raise OSError(ctypes.get_errno(), "cannot enter the workspace's mount namespace")
         # Keep only the fds we need, at fixed numbers; the rest of the caller's files stay out.
@@ -772,6 +808,21 @@ def _keeper(limits, job, uid, plan, pipes, stdin) -> None:
             pass
     finally:
         os._exit(0)
+
+
+def _default_signals() -> None:
+    """First thing in the keeper (the runner inherits it): the caller's signal handling is not ours.
+    Its Python handlers would run in our processes, and its wakeup fd (signal.set_wakeup_fd, as asyncio
+    sets it) is a bare fd number that the keeper gives to its own pipes: each signal would then write
+    a byte into the status or the result pipe. An ignored SIGCHLD would have the kernel reap the
+    runner before the keeper (or run_each) could. So: no wakeup fd, every Python handler but Python's
+    own SIGINT one back to the default, and SIGCHLD at its default."""
+    signal.set_wakeup_fd(-1)
+    for sig in signal.valid_signals():
+        handler = signal.getsignal(sig)
+        if (callable(handler) and handler is not signal.default_int_handler) or \
+                (sig == signal.SIGCHLD and handler == signal.SIG_IGN):
+            signal.signal(sig, signal.SIG_DFL)
 
 
 def _max_fd() -> int:
@@ -1101,6 +1152,9 @@ def _run_fn(job: _Job, tmpdir: str, limits: Limits) -> None:
     me = os.getpid()
     _runner_state = _RunnerState(tmpdir, job.pid_ns, limits.max_result_bytes, frozenset(os.listdir(tmpdir)))
     # Fresh text streams on fds 1 and 2 (the caller's sys.stdout may be a pytest or Jupyter object).
+    # The caller's stay referenced: finalizing one flushes it, which waits forever for its lock if
+    # another thread of the caller held it at the fork (the child ends by os._exit: no finalizers).
+    _callers_streams.extend((sys.stdin, sys.stdout, sys.stderr))
     sys.stdout = open(_STDOUT, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
     sys.stderr = open(_STDERR, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
     sys.stdin = open(_STDIN, "r", closefd=False)
@@ -1128,6 +1182,7 @@ class _RunnerState:
 
 
 _runner_state: _RunnerState | None = None  # set in run_function's child only
+_callers_streams: list = []  # in run_function's child: the caller's sys.stdin/stdout/stderr, never finalized
 _PR_SET_CHILD_SUBREAPER = 36
 
 
