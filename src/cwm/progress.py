@@ -47,7 +47,10 @@ class Bar:
 
     def update(self, completed: float, total: float | None = None) -> None:
         if self.enabled:
-            self._bar.update(self._task, completed=completed, **({} if total is None else {"total": total}))
+            if total is None:
+                self._bar.update(self._task, completed=completed)
+            else:
+                self._bar.update(self._task, completed=completed, total=total)
 
     def __exit__(self, *exc) -> None:
         if self.enabled:

@@ -85,9 +85,10 @@ def render_report(source: str, real: list[Frame], predicted: list[Frame | None],
     as missing steps (the prediction ended early)."""
     pairs = list(range(len(predicted))) if pairs is None else list(pairs)
     raw = list(raw or [None] * len(predicted))
-    rows = []  # (step number or None, predicted, raw, real index or None, real frame or None, edited)
+    rows: list[tuple] = []  # (step number or None, predicted, raw, real index or None, real frame or None, edited)
     for i, p in enumerate(predicted):
-        j = pairs[i] if pairs[i] is not None and pairs[i] < len(real) else None
+        k = pairs[i]
+        j = k if k is not None and k < len(real) else None
         edited = edited_from is not None and i >= edited_from
         rows.append((i + 1, p, raw[i], j, None if j is None else real[j], edited))
     if missing_tail:

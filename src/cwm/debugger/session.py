@@ -129,8 +129,10 @@ class Session:
             raise ValueError(f"{value!r} is not a Python expression ({e.msg})") from None
         edited = Frame(frame.event, frame.lineno, frame.source, {**(frame.locals or {}), name: value},
                        frame.value, frame.depth)
-        frames = [s.frame for s in self.steps[:-1]] + [edited]
-        ids = tracetext.frames_ids(self.tok, self.context, frames)[-1]
+        before = [s.frame for s in self.steps[:-1]]
+        if any(f is None for f in before):
+            raise ValueError("what-if needs the steps before it to be frames; use `back` to the last good one first")
+        ids = tracetext.frames_ids(self.tok, self.context, [f for f in before if f is not None] + [edited])[-1]
         self.steps[-1] = Step(edited, ids, self.tok.decode(ids), edited=True)
         self.done = False
         return self.current
@@ -173,7 +175,8 @@ class Session:
 
     def real_pairs(self) -> list[Frame | None]:
         """For each predicted step, the real frame at the same point of the execution (or None)."""
-        return [None if i is None else self.real[i] for i in self.real_indexes()]
+        real = self.real or []  # no real trace: every index is None
+        return [None if i is None else real[i] for i in self.real_indexes()]
 
     def first_divergence(self) -> int | None:
         """The first step whose prediction differs from its real frame (None if none or no real trace)."""

@@ -15,6 +15,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -203,7 +204,7 @@ def save_meta(model: Transformer, out_dir: str | os.PathLike) -> Path:
     for i in range(cfg.n_layers):
         wq, wk = f"layers.{i}.attention.wq.weight", f"layers.{i}.attention.wk.weight"
         meta[wq], meta[wk] = hf_to_meta_rows(meta[wq], cfg.n_heads), hf_to_meta_rows(meta[wk], cfg.n_kv_heads)
-    args = {
+    args: dict[str, Any] = {
         "dim": cfg.dim,
         "n_layers": cfg.n_layers,
         "n_heads": cfg.n_heads,
