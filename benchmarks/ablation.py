@@ -25,9 +25,16 @@ def first_argument(call: str) -> str:
 
 
 def checkpoints(run: Path) -> list[tuple[int, Path]]:
-    from cwm.train.checkpoint import step_checkpoints
+    from cwm.train.checkpoint import export_checkpoint, is_step_checkpoint, step_checkpoints
 
-    found = step_checkpoints(run)
+    found = []
+    for step, path in step_checkpoints(run):
+        if is_step_checkpoint(path):  # sharded (DCP): evaluate its Hugging Face export, made once
+            export = run / "export" / path.name
+            if not (export / "config.json").is_file():
+                export_checkpoint(path, export)
+            path = export
+        found.append((step, path))
     final = run / "final"
     if final.is_dir():
         import torch

@@ -316,9 +316,11 @@ def test_a_step_checkpoint_written_before_dcp_still_resumes_exactly(code_data, t
     _steps(old, 3)
     legacy = step_path(tmp_path / "old", 3)  # that layout, as it was written
     save_pretrained(old.module, legacy)
-    full = StateDictOptions(full_state_dict=True)
+    optimizer = get_optimizer_state_dict(old.model, old.optimizer, options=StateDictOptions(full_state_dict=True))
+    for group in optimizer["param_groups"]:
+        group["fused"] = None  # the AdamW of then was not fused
     state = {"step": 3, "scheduler": old.scheduler.state_dict(), "data": old.sampler.state_dict(), "rng": [rng_state()]}
-    torch.save(state | {"optimizer": get_optimizer_state_dict(old.model, old.optimizer, options=full)}, legacy / "trainer_state.pt")
+    torch.save(state | {"optimizer": optimizer}, legacy / "trainer_state.pt")
 
     resumed = Trainer(config(code_data, tmp_path / "old", *overrides), resume=True)
     assert resumed.step == 3

@@ -61,6 +61,7 @@ DCP_DIR = "dcp"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 _STATE_KEYS = {"step", "scheduler", "data", "rng"}
+_IMPLEMENTATION = ("fused", "foreach", "capturable", "differentiable")
 
 
 class CheckpointStateError(ValueError):
@@ -176,7 +177,7 @@ def _save_hf(cfg, weights: dict, out_dir: Path, dtype=None, tokenizer_dir=None) 
     return Path(out_dir)
 
 
-def _write_state(directory: Path, step: int, scheduler, sampler, rng: list, tokenizer_dir) -> None:
+def _write_state(directory: Path, step: int, scheduler, sampler, rng: list | None, tokenizer_dir) -> None:
     state = {"step": step, "scheduler": scheduler.state_dict(), "data": sampler.state_dict(), "rng": rng}
     torch.save(state, directory / STATE_FILE)
     if tokenizer_dir is not None:
@@ -215,12 +216,16 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, sampler, info: Dist
     """Restore a step checkpoint (either layout) into the (wrapped) model and trainer objects."""
     path = Path(path)
     state = read_state(path / STATE_FILE)
+    # How the optimizer runs is this code's choice, not the checkpoint's (old ones say fused=None).
+    how = [{k: group[k] for k in _IMPLEMENTATION if k in group} for group in optimizer.param_groups]
     if (path / DCP_DIR).is_dir():
         model_state, optim_state = get_state_dict(model, optimizer)  # this run's shards, to fill
         _load_dcp(path, {"model": model_state, "optim": optim_state}, distributed=info.enabled)
         set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
     else:
         _load_full(path, model, optimizer, state)
+    for group, keep in zip(optimizer.param_groups, how):
+        group.update(keep)
     scheduler.load_state_dict(state["scheduler"])
     sampler.load_state_dict(state["data"])
     rng = state["rng"]
@@ -244,7 +249,7 @@ def _load_full(path: Path, model, optimizer, state: dict) -> None:
     set_optimizer_state_dict(model, optimizer, state["optimizer"], options=full)
 
 
-def load_model_weights(path: Path, model, info: DistInfo) -> None:
+def load_model_weights(path: str | Path, model, info: DistInfo) -> None:
     """Only the weights of a step checkpoint (`model.init_from` pointing at one), into this run's
     shards: no rank reads more than DCP gives it."""
     model_state = get_model_state_dict(model)
@@ -252,7 +257,7 @@ def load_model_weights(path: Path, model, info: DistInfo) -> None:
     set_model_state_dict(model, model_state)
 
 
-def is_step_checkpoint(path: Path) -> bool:
+def is_step_checkpoint(path: str | Path) -> bool:
     return (Path(path) / DCP_DIR / ".metadata").is_file()
 
 

@@ -114,7 +114,7 @@ class TrainConfig:
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> TrainConfig:
     """Read a TOML config (or start from the defaults), apply overrides, check and return it."""
     raw: dict = {}
     where = "the defaults"
@@ -191,7 +191,7 @@ def _check_type(value, hint, key: str, where: str):
         raise ConfigError(f"{where}: {key} = {value!r} should be {_type_name(hint)}")
     if origin is list:
         (item,) = typing.get_args(hint)
-        value = [_check_type(v, item, f"{key}[{i}]", where) for i, v in enumerate(value)]
+        return [_check_type(v, item, f"{key}[{i}]", where) for i, v in enumerate(value)]
     return float(value) if origin is float else value
 
 

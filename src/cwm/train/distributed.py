@@ -10,9 +10,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from cwm.model import Transformer
 
 
 @dataclass
@@ -85,7 +89,7 @@ def parallelize(
     device is handed to `materialize` once its parameters are placed: after FSDP2 has sharded them
     (so each rank allocates only its shard), before DDP (which broadcasts rank 0's weights)."""
     materialize = materialize or (lambda model: None)
-    blocks = model.layers
+    blocks = cast(torch.nn.ModuleList, model.layers)
     if activation_checkpointing:
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
@@ -115,7 +119,7 @@ def parallelize(
 
 
 @torch.no_grad()
-def init_weights(model: torch.nn.Module, seed: int) -> None:
+def init_weights(model: Transformer, seed: int) -> None:
     """`model.init_weights(seed)`, also when its parameters are FSDP2 shards (DTensors).
 
     init_weights draws each parameter of `model.named_parameters()` in turn from one seeded
@@ -144,7 +148,7 @@ def init_weights(model: torch.nn.Module, seed: int) -> None:
             mine = distribute_tensor(whole.detach(), param.device_mesh, param.placements, src_data_rank=None)
             param.to_local().copy_(mine.to_local())
 
-    model.named_parameters = one_at_a_time  # this instance only, for the call below
+    setattr(model, "named_parameters", one_at_a_time)  # this instance only, for the call below
     try:
         model.init_weights(seed=seed)
     finally:

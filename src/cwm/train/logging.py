@@ -59,7 +59,7 @@ class MetricsLogger:
             self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=None if resume_step is None else resume_step + 1)
 
     def log(self, record: dict, line: str | None = None) -> None:
-        if not self.enabled:
+        if self.file is None:  # not rank 0
             return
         self.file.write(json.dumps(record) + "\n")
         if self.tb is not None:

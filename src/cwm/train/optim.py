@@ -21,7 +21,7 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimSection) -> torch.optim.Ad
         {"params": no_decay, "weight_decay": 0.0},
     ]
     # fused: one kernel per step, and it can skip a step on the device (`found_inf`, trainer.py)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps, fused=True)
 
 
 def lr_multiplier(step: int, total_steps: int, cfg: ScheduleSection) -> float:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,9 @@ from cwm.train.data import MixtureSampler, dataset_name, open_datasets, validati
 from cwm.train.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, init_weights, parallelize
 from cwm.train.logging import MetricsLogger, detect_peak_flops, format_duration
 from cwm.train.optim import build_optimizer, build_scheduler
+
+if TYPE_CHECKING:
+    from cwm.model import ModelConfig
 
 # ---------------------------------------------------------------------------------------------
 # Evaluation hooks: trace-prediction metrics and the like plug in here without the trainer
@@ -62,7 +66,7 @@ def resolve_eval_hook(name: str) -> EvalHook:
 
 @dataclass
 class Plan:
-    model_config: object  # cwm.model.ModelConfig
+    model_config: ModelConfig
     seq_len: int  # packed row length; the model reads seq_len - 1 tokens
     world_size: int
     grad_accum: int
@@ -176,6 +180,8 @@ class Trainer:
         # whole model (docs/training.md).
         t = cfg.train
         torch.manual_seed(t.seed)
+        # A resumed run takes its weights from the checkpoint: init_from is not read again.
+        self.resume_from = resume_from = ckpt.latest_checkpoint(self.run_dir) if resume else None
         self.model, self.module = build_model(mc, self.info, t, materialize=self._materialize)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, self.plan.total_steps, cfg.schedule)
@@ -189,7 +195,6 @@ class Trainer:
         self.skipped, self.skipped_in_a_row, self.longest_skip_run = (
             torch.zeros((), dtype=torch.long, device=self.info.device) for _ in range(3)
         )
-        resume_from = ckpt.latest_checkpoint(self.run_dir) if resume else None
         if resume_from is not None:
             try:
                 self.step = ckpt.load_checkpoint(
@@ -232,10 +237,11 @@ class Trainer:
 
     def _materialize(self, model) -> None:
         """Give the meta-device model real storage on this rank's device (only its shard under
-        FSDP2) and its starting weights: drawn from the seed, then `model.init_from` if set."""
+        FSDP2) and its starting weights: drawn from the seed, then `model.init_from` if set (and
+        the run is not resuming)."""
         model.to_empty(device=self.info.device)
         init_weights(model, self.cfg.train.seed)  # also sets the buffers (rope) that to_empty left empty
-        if self.cfg.model.init_from:
+        if self.cfg.model.init_from and self.resume_from is None:
             self._load_init(model, self.cfg.model.init_from)
 
     def _load_init(self, model, path: str) -> None:
@@ -308,7 +314,8 @@ class Trainer:
             b.to(info.device)
             for b in self.sampler.next_batches(cfg.train.global_batch_size, cfg.train.micro_batch_size, info.rank, info.world_size)
         ]
-        n_targets = all_reduce_sum(sum((b.targets != -100).sum() for b in batches).reshape(1))[0]  # on the device
+        counts = torch.stack([(b.targets != -100).sum() for b in batches])
+        n_targets = all_reduce_sum(counts.sum().reshape(1))[0]  # on the device
         # DDP and FSDP average gradients over ranks; the world factor turns that back into a sum.
         scale = info.world_size / n_targets.clamp(min=1)
         loss_sum = torch.zeros((), device=info.device)
@@ -324,7 +331,7 @@ class Trainer:
         if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
             grad_norm = grad_norm.full_tensor()
         bad = ~(torch.isfinite(loss) & torch.isfinite(grad_norm))  # the same on every rank
-        self.optimizer.found_inf = bad.float()
+        setattr(self.optimizer, "found_inf", bad.float())  # read by the fused step
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
