@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def bare_steps(cfg, batch, steps: int) -> list[float]:
     from cwm.model import Transformer
     from cwm.train.distributed import pick_device
+    from cwm.train.optim import build_optimizer
     from cwm.train.trainer import _autocast
 
     device = pick_device(cfg.train.device)
@@ -37,9 +38,7 @@ def bare_steps(cfg, batch, steps: int) -> list[float]:
     model.init_weights(seed=cfg.train.seed)
     model.to(device)
     batch = batch.to(device)
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
-    )
+    opt = build_optimizer(model, cfg.optim)  # the trainer's AdamW (fused), so only the loop differs
     times = []
     for _ in range(steps):
         start = time.perf_counter()

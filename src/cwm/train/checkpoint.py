@@ -138,7 +138,7 @@ def export_final(path: Path, model, model_config, scheduler, sampler, step: int,
 def export_checkpoint(step_dir: Path, out_dir: Path, dtype: torch.dtype | None = None) -> Path:
     """`cwm train --export`: a step checkpoint's model as a Hugging Face directory (one process;
     the whole model is read into CPU memory once). A checkpoint already in that layout (`final/`,
-    or a step checkpoint written before DCP) is copied as it is."""
+    or a step checkpoint written before DCP) is written out again (in `dtype` if given)."""
     from cwm.model.checkpoint import CheckpointError, read_config
 
     step_dir, out_dir = Path(step_dir), Path(out_dir)
