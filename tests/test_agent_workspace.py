@@ -122,11 +122,13 @@ def test_reset_restores_the_copy_and_kills_everything(ws):
 
 def test_diff_shows_every_change_and_leaves_the_index_alone(ws):
     ws.bash("sed -i 's/a - b/a + b/' calc.py; rm README; echo new > new.txt")
+    ws.bash("mkdir -p __pycache__ && echo x > __pycache__/calc.cpython-311.pyc && echo y > stray.pyc")
     diff = ws.diff()
+    assert ".pyc" not in diff and "__pycache__" not in diff  # bytecode is no part of a patch
     assert "--- a/calc.py\n+++ b/calc.py\n@@ -1,2 +1,2 @@\n def add(a, b):\n-    return a - b\n+    return a + b\n" in diff
     assert "diff --git a/README b/README\ndeleted file mode" in diff
     assert "diff --git a/new.txt b/new.txt\nnew file mode 100644" in diff
-    assert ws.bash("git status --short") == " D README\n M calc.py\n?? new.txt\n"
+    assert ws.bash("git status --short") == " D README\n M calc.py\n?? __pycache__/\n?? new.txt\n?? stray.pyc\n"
     # the diff applies to the pristine source
     ws.reset()
     code, out = ws.run(["git", "apply", "-"], timeout=30, input=diff)

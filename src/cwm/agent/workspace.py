@@ -87,6 +87,9 @@ def prepare_copy(source: str | os.PathLike, dest: str | os.PathLike, timeout: fl
     return res.stdout.strip().splitlines()[-1]
 
 
+# Python's bytecode is not part of a patch (SWE-bench diffs never carry it): left out of diff().
+_NOT_BUILD_OUTPUT = "':(exclude,glob)**/__pycache__/**' ':(exclude,glob)**/*.pyc'"
+
 class Workspace:
     """A sandboxed workspace (cwm.sandbox: no network, its own uid, rlimits, killed at the end)."""
 
@@ -166,7 +169,7 @@ class Workspace:
         """Every change since the copy was made (edits, new files, deletions; committed or not),
         as `git diff` text; the agent's index is left alone (a private index in the run's /tmp)."""
         script = (f"cp .git/index /tmp/index 2>/dev/null; export GIT_INDEX_FILE=/tmp/index; "
-                  f"git add -A . && git -c core.quotepath=off diff --cached --no-ext-diff --no-textconv "
+                  f"git add -A -- . {_NOT_BUILD_OUTPUT} && git -c core.quotepath=off diff --cached --no-ext-diff --no-textconv "
                   f"--no-color {self.base_commit}")
         res = self._box.run(script, timeout=120)
         if not res.ok:
@@ -274,7 +277,7 @@ class DockerWorkspace:
 
     def diff(self) -> str:
         script = (f"cp .git/index /tmp/cwm-index 2>/dev/null; export GIT_INDEX_FILE=/tmp/cwm-index; "
-                  f"git add -A . && git -c core.quotepath=off diff --cached --no-ext-diff --no-textconv "
+                  f"git add -A -- . {_NOT_BUILD_OUTPUT} && git -c core.quotepath=off diff --cached --no-ext-diff --no-textconv "
                   f"--no-color {self.base_commit}; rm -f /tmp/cwm-index")
         code, output = self.run(script, timeout=120)
         if code != 0:
