@@ -4,6 +4,7 @@ honoured, phases chain, checkpoints resume exactly after a real SIGKILL, evaluat
 import math
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from cwm.cli import main as cwm_main
 from cwm.data.packed import PackedWriter
 from cwm.model import Transformer, get_preset, load_pretrained, save_pretrained
 from cwm.train.bytedata import write_byte_dataset
-from cwm.train.checkpoint import rng_state, step_checkpoints, step_path
+from cwm.train.checkpoint import export_checkpoint, rng_state, step_checkpoints, step_path
 from cwm.train.config import ConfigError, load_config
 from cwm.train.data import make_batch
 from cwm.train.logging import read_jsonl
@@ -188,6 +189,19 @@ def test_phases_chain_through_init_from_and_a_mismatch_is_refused(code_data, tmp
         )
     with pytest.raises(ConfigError, match="cannot load"):
         Trainer(config(code_data, tmp_path / "y", f"model.init_from='{tmp_path / 'nowhere'}'"))
+
+
+def test_init_from_a_step_checkpoint_and_a_resume_does_not_read_init_from_again(code_data, tmp_path):
+    once = ("train.max_steps=2", "checkpoint.every=1", "log.tensorboard=false")
+    Trainer(config(code_data, tmp_path / "pre", *once)).train()
+    step1 = step_path(tmp_path / "pre", 1)  # sharded (DCP): each rank would read only its shard
+    sft = Trainer(config(code_data, tmp_path / "sft", f"model.init_from='{step1}'", *once))
+    expected = load_pretrained(export_checkpoint(step1, tmp_path / "step1-hf")).state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in sft.module.state_dict().items() if k in expected)
+    sft.train()
+    shutil.rmtree(tmp_path / "pre")  # gone: a resumed run takes its weights from its own checkpoint
+    resumed = Trainer(config(code_data, tmp_path / "sft", f"model.init_from='{step1}'", *once), resume=True)
+    assert resumed.step == 1
 
 
 @register_eval_hook("probe")
