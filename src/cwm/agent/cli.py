@@ -62,7 +62,8 @@ def _add_episode_arguments(p: argparse.ArgumentParser) -> None:
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     where = p.add_argument_group("the task: a task file, or a repository and an issue")
     where.add_argument("--task", help="task JSONL (`cwm agent tasks`, or SWE-bench instances converted by it)")
-    where.add_argument("--instance", help="the instance_id to run from --task (needed when it holds several)")
+    where.add_argument("--instance", help="the instance_id to run from --task (needed when it holds several); "
+                       "alone: a task of the shipped benchmark (`cwm eval swe-local`)")
     where.add_argument("--repo", help="a repository directory to work on (copied; never changed)")
     where.add_argument("--issue", help="the issue text (with --repo)")
     where.add_argument("--issue-file", help="a file holding the issue text (with --repo)")
@@ -72,7 +73,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _add_collect_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tasks", required=True, help="task JSONL: every task is run --attempts times")
+    p.add_argument("--tasks", default=None, help="task JSONL: every task is run --attempts times (default: the shipped "
+                   "benchmark of `cwm eval swe-local`)")
     p.add_argument("--out", required=True, help="output directory (manifest, episodes/, trajectories.jsonl); "
                    "rerun the same command to resume")
     p.add_argument("--attempts", type=int, default=1, help="episodes per task (attempt k gets seed + k)")
@@ -114,8 +116,13 @@ def _one_task(args):
     """(task, source directory or None): a task of --task, or one made of --repo and the issue."""
     from cwm.agent.task import Task, read_tasks
 
+    if args.instance and not args.task and not args.repo:
+        from cwm.agent.mutate import shipped_tasks_path
+
+        args.task = str(shipped_tasks_path())  # an instance of the shipped benchmark
     if bool(args.task) == bool(args.repo):
-        raise ValueError("give --task FILE (with --instance ID when it holds several) or --repo DIR with --issue")
+        raise ValueError("give --task FILE (with --instance ID when it holds several), --instance ID of the shipped "
+                         "benchmark, or --repo DIR with --issue")
     if args.task:
         tasks = read_tasks(args.task)
         if args.instance:
@@ -176,6 +183,10 @@ def _collect(args) -> int:
     from cwm.agent.collect import CollectParams, collect
     from cwm.agent.task import read_tasks
 
+    if args.tasks is None:
+        from cwm.agent.mutate import shipped_tasks_path
+
+        args.tasks = str(shipped_tasks_path())
     tasks = read_tasks(args.tasks)[: args.limit]
     params = CollectParams(policy=args.policy, attempts=args.attempts, seed=args.seed, temperature=args.temperature,
                            top_p=args.top_p, max_tokens=args.max_new_tokens, limits=_limits(args), backend=args.backend)
