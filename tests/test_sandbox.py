@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from cwm.sandbox import STATUSES, Limits, SandboxResult, allow_result_type, run_command, run_function
-from cwm.sandbox.core import _mount_plan
+from cwm.sandbox.core import UID_BASE, _mount_plan
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -988,6 +988,45 @@ def _ignoring_sigchld() -> list:
         return [(r.status, r.value) for r in runs]
     finally:
         child.kill()
+
+
+def _processes_of(uid: int) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                if any(line.startswith("Uid:") and int(line.split()[1]) == uid for line in f):
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="the runner's own uid (and a keeper as PID 1) needs root")
+def test_a_caller_killed_mid_run_leaves_nothing_behind():
+    # kill -9 (or os._exit) of the caller while its sandbox runs: the keeper dies with it (and the
+    # namespace with the keeper); it used to live on with its program, as long as that one ran
+    code = ("import os, sys, threading, time; sys.path.insert(0, sys.argv[1]); import test_sandbox as t; "
+            "os.write(1, b'%d\\n' % threading.get_native_id()); "
+            "t.run_function(time.sleep, 60, limits=t.small(timeout=120))")
+    caller = subprocess.Popen([sys.executable, "-c", code, str(Path(__file__).parent)], stdout=subprocess.PIPE)
+    try:
+        uid = UID_BASE + int(caller.stdout.readline())  # the runner's uid
+        deadline = time.monotonic() + 30
+        while not _processes_of(uid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _processes_of(uid), "the program never started"
+    finally:
+        caller.kill()
+        caller.wait()
+        caller.stdout.close()
+    deadline = time.monotonic() + 10
+    while _processes_of(uid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = _processes_of(uid)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "the sandboxed program outlived its caller"
 
 
 def test_a_caller_that_ignores_sigchld():

@@ -211,6 +211,9 @@ class _Job:
     # of /proc/PID/ns/mnt, whose mounts the run's own namespace copies), and the cwd inside it.
     mount_ns: int | None = None
     workdir: str | None = None
+    # The keeper dies with the caller's thread (SIGKILL): set for a one-shot run (_run), whose thread
+    # waits for the keeper, so that a caller killed mid-run (kill -9, os._exit) leaves nothing behind.
+    dies_with_caller: bool = False
 
 
 _warned: set[str] = set()
@@ -231,6 +234,7 @@ def _run(limits: Limits, job: _Job, uid: int | None = None) -> SandboxResult:
     if job.workspace is not None and is_root and not job.read_only:
         st = os.stat(job.workspace)
         owner = (st.st_uid, st.st_gid)
+    job.dies_with_caller = True
     keeper, pid_ns, pipes, stdin_w = _launch(limits, job, uid)
     keeper_fd = _pidfd(keeper)
     got = {name: bytearray() for name in pipes}
@@ -776,6 +780,12 @@ def _keeper(limits, job, uid, plan, pipes, stdin) -> None:
         for fd, target in targets.items():
             os.dup2(moved[fd], target)
         os.closerange(_STATUS + 1, _max_fd())
+        if job.dies_with_caller:
+            _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            poller = select.poll()  # the caller died before that: no one reads the status pipe
+            poller.register(_STATUS, select.POLLOUT)
+            if any(events & select.POLLERR for _, events in poller.poll(0)):
+                os._exit(0)
         status = os.fdopen(_STATUS, "w", buffering=1)
 
         for message in _unshare(limits, is_root=uid is not None):
