@@ -2,7 +2,9 @@
 
 A single process needs none of this: `init_distributed` returns world size 1 unless torchrun (or
 another launcher) set WORLD_SIZE > 1. Wrapping is applied from outside the model code: FSDP2's
-`fully_shard` on each block of `model.layers` and then on the root.
+`fully_shard` on each block of `model.layers` and then on the root. The model arrives built on the
+meta device and gets its storage and weights only once it is sharded (`materialize`,
+`init_weights`), so no rank ever holds the whole of a large model.
 """
 
 from __future__ import annotations
