@@ -287,6 +287,11 @@ def test_swebench_instances_predictions_and_a_git_clone(tmp_path):
               str(tmp_path / "repos"), "--out", str(tmp_path / "tasks.jsonl"))
     assert res.returncode == 0, res.stderr
     assert read_tasks(tmp_path / "tasks.jsonl")[0].patch == gold
+    # the agent loop grades it too: the test patch goes in after the submitted patch
+    write_tasks(tmp_path / "one.jsonl", [task])
+    res = cwm("agent", "run", "--task", str(tmp_path / "one.jsonl"), "--policy", "oracle", "--quiet", "--out",
+              str(tmp_path / "traj.jsonl"))
+    assert res.returncode == 0 and res.stdout.splitlines()[-1] == "resolved: true", (res.stdout, res.stderr)
 
 
 def _commit(root: Path) -> str:

@@ -167,6 +167,10 @@ def grade(task, workspace, patch: str, timeout: float) -> tuple[bool, dict]:
                               input=patch if patch.endswith("\n") else patch + "\n")
     if code != 0:
         return False, {"error": f"the patch does not apply: {why.strip()}"}
+    if task.test_patch:  # a SWE-bench instance's tests come with the grading, after the patch
+        code, why = workspace.run("git apply --whitespace=nowarn -", timeout=120, input=task.test_patch)
+        if code != 0:
+            return False, {"error": f"the test patch does not apply: {why.strip()}"}
     _, output = workspace.run(task.test_cmd, timeout=timeout)
     log = f"{swebench.APPLY_PATCH_PASS}\n{swebench.START_TEST_OUTPUT}\n{output}\n{swebench.END_TEST_OUTPUT}\n"
     report = swebench.grade_log(log, task.FAIL_TO_PASS, task.PASS_TO_PASS)
