@@ -385,3 +385,14 @@ def test_swe_local_runs_a_policy_through_the_agent_loop(tmp_path):
         assert row["exit_status"] == "submitted" and row["patch"].startswith("diff")
     res = cwm("eval", "swe-local", "--tasks", str(tmp_path / "one.jsonl"), "--policy", str(tmp_path / "nowhere"))
     assert res.returncode == 2 and "--policy" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_sdists_are_found_by_their_pin_and_a_wrong_pin_is_refused(tmp_path, monkeypatch):
+    from cwm.agent.task import sdist_path
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # an empty cache: only the shipped copies
+    for spec in mutate.SHIPPED_REPOS:
+        assert sdist_path(spec.name, spec.version, spec.sha256, download=False).parent == shipped_dir()
+    spec = mutate.SHIPPED_REPOS[0]
+    with pytest.raises(TaskError, match="is not here"):
+        sdist_path(spec.name, spec.version, "0" * 64, download=False)
