@@ -342,7 +342,13 @@ def test_swe_local_oracle_scores_one_and_writes_predictions(tmp_path):
 
 
 def test_cli_errors_are_one_line_with_exit_2(tmp_path):
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "calc.py").write_text(CALC)
     for args, says in [
+        (["agent", "tasks", "--out", str(tmp_path / "x.jsonl"), "--path", str(tmp_path / "lib"), "--pair",
+          "calc.py:test_calc.py"], "no file test_calc.py"),
+        (["agent", "tasks", "--out", str(tmp_path / "x.jsonl"), "--path", str(tmp_path / "nowhere"), "--pair",
+          "calc.py:test_calc.py"], "no such directory"),
         (["agent", "tasks", "--out", str(tmp_path / "x.jsonl"), "--repo", "toolz"], "NAME==VERSION"),
         (["agent", "tasks", "--out", str(tmp_path / "x.jsonl"), "--repo", "toolz==1.0.0"], "--sha256"),
         (["agent", "tasks", "--out", str(tmp_path / "x.jsonl"), "--repo", "toolz==1.0.0", "--sha256", "a" * 64],
