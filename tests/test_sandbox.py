@@ -979,13 +979,22 @@ def test_run_each_from_a_busy_long_lived_caller():
     assert beside and set(beside) == {"ok"}, beside
 
 
-def _ignoring_sigchld() -> list:
+def _alarmed():
+    signal.alarm(1)
+    time.sleep(10)
+
+
+def _odd_signal_state() -> list:
+    """Runs from a caller that ignores SIGCHLD, has a child of its own alive all along, and blocks
+    SIGALRM in the calling thread."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
-    child = subprocess.Popen(["sleep", "60"])  # a child of the caller's own, alive all along
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM])
+    child = subprocess.Popen(["sleep", "60"])
     try:
         runs = [run_function(pow, 2, 10, limits=SMALL), run_function(_call_each, [("plain", 3)], limits=SMALL),
-                run_command(["true"], limits=SMALL), run_function(time.sleep, 10, limits=small(timeout=1))]
-        return [(r.status, r.value) for r in runs]
+                run_command(["true"], limits=SMALL), run_function(time.sleep, 10, limits=small(timeout=1)),
+                run_function(_alarmed, limits=small(timeout=5))]
+        return [(r.status, r.value, r.error) for r in runs]
     finally:
         child.kill()
 
@@ -1029,13 +1038,15 @@ def test_a_caller_killed_mid_run_leaves_nothing_behind():
     assert not left, "the sandboxed program outlived its caller"
 
 
-def test_a_caller_that_ignores_sigchld():
-    # The kernel then reaps the caller's children itself: waitpid(keeper) failed (ECHILD raised in
-    # the caller), or, with another child alive, waited for that one first; the keeper's own waits
-    # (the runner, run_each's calls) would fail the same way.
-    runs = _fresh_caller("t._ignoring_sigchld()", timeout=60)
-    assert [status for status, _ in runs] == ["ok", "ok", "ok", "timeout"]
+def test_a_caller_that_ignores_sigchld_or_blocks_signals():
+    # Ignoring SIGCHLD, the kernel reaps the caller's children itself: waitpid(keeper) failed (ECHILD
+    # raised in the caller), or, with another child alive, waited for that one first; the keeper's
+    # own waits (the runner, run_each's calls) would fail the same way. A signal the calling thread
+    # blocks stayed blocked for the program (an alarm, SIGXCPU).
+    runs = _fresh_caller("t._odd_signal_state()", timeout=60)
+    assert [status for status, _, _ in runs] == ["ok", "ok", "ok", "timeout", "killed"], runs
     assert runs[0][1] == 1024 and runs[1][1][0][:2] == (3, sorted(PYTHON_IN_TMP))
+    assert "SIGALRM" in runs[4][2]
 
 
 def _hand_back(kind):

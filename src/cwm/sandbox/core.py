@@ -825,9 +825,11 @@ def _default_signals() -> None:
     Its Python handlers would run in our processes, and its wakeup fd (signal.set_wakeup_fd, as asyncio
     sets it) is a bare fd number that the keeper gives to its own pipes: each signal would then write
     a byte into the status or the result pipe. An ignored SIGCHLD would have the kernel reap the
-    runner before the keeper (or run_each) could. So: no wakeup fd, every Python handler but Python's
-    own SIGINT one back to the default, and SIGCHLD at its default."""
+    runner before the keeper (or run_each) could. Signals the calling thread blocks would stay blocked
+    for the program (SIGXCPU, the tracer's SIGALRM). So: no wakeup fd, no signal blocked, every Python
+    handler but Python's own SIGINT one back to the default, and SIGCHLD at its default."""
     signal.set_wakeup_fd(-1)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
     for sig in signal.valid_signals():
         handler = signal.getsignal(sig)
         if (callable(handler) and handler is not signal.default_int_handler) or \
