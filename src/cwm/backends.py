@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol, Sequence
 
 if TYPE_CHECKING:
     from cwm.model import Transformer
+    from cwm.model.cache import KVCache
     from cwm.tokenizer import Tokenizer
 
 
@@ -93,7 +94,7 @@ class LocalBackend:
     reuse_prefix: bool = True
     compile: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _cache: object = field(default=None, repr=False)
+    _cache: KVCache | None = field(default=None, repr=False)
 
     @classmethod
     def from_dir(cls, path, device: str = "cpu") -> "LocalBackend":

@@ -37,7 +37,7 @@ class CheckpointError(ValueError):
 def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor of the HF layout with its shape, computed from the config alone."""
     q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-    shapes = {"model.embed_tokens.weight": (cfg.vocab_size, cfg.dim)}
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (cfg.vocab_size, cfg.dim)}
     for i in range(cfg.n_layers):
         p = f"model.layers.{i}."
         shapes |= {

@@ -10,6 +10,7 @@ tokens back to the host only every `check_every` steps to look for stops.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 
@@ -80,7 +81,7 @@ def generate(
     cache: KVCache | None = None,
     compile: bool = False,
     check_every: int | None = None,
-) -> list[list[int]] | list[int]:
+) -> list:
     """Continue each prompt (a list of token ids, or a list of such lists for a batch).
 
     Returns the new tokens of each prompt; a row ends after `max_new_tokens`, with a stop token,
@@ -98,7 +99,7 @@ def generate(
     are dropped: the result does not depend on it.
     """
     single = len(prompts) > 0 and isinstance(prompts[0], int)
-    batch = [list(prompts)] if single else [list(p) for p in prompts]
+    batch = [list(cast(Sequence[int], prompts))] if single else [list(p) for p in cast(Sequence[Sequence[int]], prompts)]
     if not batch or any(len(p) == 0 for p in batch):
         raise ValueError("generate needs at least one prompt, and every prompt at least one token")
     if stop_strings and decode is None:
@@ -153,7 +154,7 @@ def generate(
                         if row not in running:
                             break
                         outputs[row].append(token)
-                        if token in stops or (stop_strings and any(s in decode(outputs[row][-tail:]) for s in stop_strings)):
+                        if token in stops or (stop_strings and decode is not None and any(s in decode(outputs[row][-tail:]) for s in stop_strings)):
                             running.discard(row)
                         if on_token is not None:
                             on_token(row, token)

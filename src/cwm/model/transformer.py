@@ -73,6 +73,7 @@ class Attention(nn.Module):
         k = qk[:, :, H:].transpose(1, 2)
         v = qkv[:, :, H + K :].transpose(1, 2)
         if cache is not None:
+            assert step is not None  # a cache comes with the step it stores
             k, v = cache.store(self.layer, step, k, v)
         y = plan.attend(q, k, v)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, H * self.head_dim))
@@ -106,11 +107,14 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
+    inv_freq: torch.Tensor  # a buffer (rope_inv_freq), not saved
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.windows = [cfg.window(i) for i in range(cfg.n_layers)]  # each block's attention window (Block.window)
         self.norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.lm_head = Linear(cfg.dim, cfg.vocab_size)
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
@@ -141,15 +145,15 @@ class Transformer(nn.Module):
             if positions is None:
                 positions = torch.arange(T, device=tokens.device)
             rope = rope_table(positions, self.inv_freq, x.dtype)
-            plans = {w: plan_attention(T, w, doc_ids, tokens.device) for w in {b.window for b in self.layers}}
-            for block in self.layers:
-                x = block(x, rope, plans[block.window])
+            plans = {w: plan_attention(T, w, doc_ids, tokens.device) for w in set(self.windows)}
+            for block, window in zip(self.layers, self.windows):
+                x = block(x, rope, plans[window])
         else:
             if positions is None:
                 raise ValueError("a forward with a KV cache needs the tokens' positions")
             rope, steps = cache.plan(positions, doc_ids)
-            for block in self.layers:
-                step = steps[block.window]
+            for block, window in zip(self.layers, self.windows):
+                step = steps[window]
                 x = block(x, rope, step.plan, cache, step)
         if last_only:
             x = x[:, -1:]
