@@ -339,6 +339,14 @@ def test_swe_local_oracle_scores_one_and_writes_predictions(tmp_path):
     preds = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert [p["instance_id"] for p in preds] == [t.instance_id for t in tasks]
     assert all(p["model_name_or_path"] == "oracle" and p["model_patch"] == t.patch for p, t in zip(preds, tasks))
+    # each result was saved as it finished: the same command again resumes (nothing left to grade)
+    again = cwm("eval", "swe-local", "--tasks", str(tmp_path / "some.jsonl"), "--offline", "--out",
+                str(tmp_path / "r.json"))
+    assert again.returncode == 0 and f"(resuming: {len(tasks)} done)" in again.stderr
+    assert again.stdout.splitlines()[-1] == "score: 1.0000" and "resolved (" not in again.stderr
+    other = cwm("eval", "swe-local", "--tasks", str(tmp_path / "some.jsonl"), "--offline", "--out",
+                str(tmp_path / "r.json"), "--test-timeout", "5")
+    assert other.returncode == 2 and "other settings" in other.stderr and "--fresh" in other.stderr
 
 
 def test_cli_errors_are_one_line_with_exit_2(tmp_path):

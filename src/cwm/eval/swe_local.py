@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -39,7 +40,10 @@ def add_arguments(p) -> None:
     p.add_argument("--tokenizer", default=None, help="tokenizer that counts a URL policy's token budget")
     p.add_argument("--device", default="cpu", help="for a model directory: cpu or cuda")
     p.add_argument("--offline", action="store_true", help="never download an sdist (shipped or cached only)")
-    p.add_argument("--out", default=None, help="results JSON (default eval-swe-local-<policy>.json)")
+    p.add_argument("--out", default=None, help="results JSON (default eval-swe-local-<policy>.json); each task's "
+                   "result is written as it finishes to the same name with .jsonl, and a rerun with the same "
+                   "settings resumes from it")
+    p.add_argument("--fresh", action="store_true", help="start over: ignore (and overwrite) an earlier run's results")
     p.add_argument("--predictions", default=None, help="also write SWE-bench predictions JSONL (the patches)")
 
 
@@ -55,24 +59,36 @@ def run(args) -> int:
 
 def _run(args) -> int:
     from cwm.agent.bench import episode_runner, evaluate, load, write_predictions
+    from cwm.eval.run import ResultsLog
 
     tasks = load(args.tasks, args.limit)
-    episode = None if args.policy == "oracle" else episode_runner(
+    name = "oracle" if args.policy == "oracle" else Path(args.policy.rstrip("/")).name or "policy"
+    out = Path(args.out or f"eval-swe-local-{name.replace(':', '_')}.json")
+    log = ResultsLog(out.with_suffix(".jsonl"), _settings(args), fresh=args.fresh)
+    todo = [t for t in tasks if t.instance_id not in log.done]
+    print(f"items: {log.path}" + (f" (resuming: {len(tasks) - len(todo)} done)" if len(todo) < len(tasks) else ""),
+          file=sys.stderr)
+    episode = None if args.policy == "oracle" or not todo else episode_runner(
         args.policy, max_turns=args.max_turns, max_tokens=args.max_tokens, test_timeout=args.test_timeout,
         tokenizer=args.tokenizer, device=args.device, temperature=args.temperature, top_p=args.top_p,
         max_new_tokens=args.max_new_tokens, seed=args.seed)
     workers = args.workers if args.policy == "oracle" or not Path(args.policy).is_dir() else 1
+    lock = threading.Lock()
 
-    def progress(row: dict) -> None:
-        print(f"{row['instance_id']}: {'resolved' if row['resolved'] else 'unresolved'} ({row['seconds']} s)",
-              file=sys.stderr, flush=True)
+    def progress(row: dict) -> None:  # from the workers' threads: each item is saved as it finishes
+        with lock:
+            log.add({"id": row["instance_id"], **row})
+            print(f"{row['instance_id']}: {'resolved' if row['resolved'] else 'unresolved'} ({row['seconds']} s)",
+                  file=sys.stderr, flush=True)
 
     started = time.time()
-    results = evaluate(tasks, args.policy, workers, args.test_timeout, not args.offline, episode, progress)
+    try:
+        evaluate(todo, args.policy, workers, args.test_timeout, not args.offline, episode, progress)
+    finally:
+        log.close()
+    results = [log.done[t.instance_id] for t in tasks]
     resolved = sum(r["resolved"] for r in results)
     score = resolved / len(results) if results else 0.0
-    name = "oracle" if args.policy == "oracle" else Path(args.policy.rstrip("/")).name or "policy"
-    out = Path(args.out or f"eval-swe-local-{name.replace(':', '_')}.json")
     by_repo: dict[str, list[int]] = {}
     for task, r in zip(tasks, results):
         by_repo.setdefault(task.repo, [0, 0])
@@ -90,3 +106,14 @@ def _run(args) -> int:
     print(f"results: {out}")
     print(f"score: {score:.4f}")
     return 0
+
+
+def _settings(args) -> dict:
+    """What a task's result depends on: a rerun with the same ones resumes (paths made absolute)."""
+    keys = ("policy", "tasks", "test_timeout", "max_turns", "max_tokens", "temperature", "top_p", "max_new_tokens",
+            "seed", "tokenizer")
+    settings = {k: getattr(args, k) for k in keys}
+    for k in ("tasks", "tokenizer") + (() if args.policy == "oracle" or "://" in args.policy else ("policy",)):
+        if settings[k]:
+            settings[k] = str(Path(settings[k]).resolve())
+    return {"task": "swe-local", **settings}
