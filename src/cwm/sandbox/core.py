@@ -242,7 +242,7 @@ def _run(limits: Limits, job: _Job, uid: int | None = None) -> SandboxResult:
         killed_for = _collect(limits, job, keeper_fd, pid_ns, pipes, stdin_w, start, got)
     finally:
         keeper_status = _wait_for(keeper, keeper_fd)
-        if owner is not None:
+        if owner is not None and job.workspace is not None:
             _hand_over(job.workspace, *owner)  # give the workspace back to its owner
         report = _parse_status(bytes(got["status"]))
         if report.get("host_tmpdir"):  # only where no private tmpfs could be mounted
@@ -281,7 +281,8 @@ def _launch(limits: Limits, job: _Job, uid: int | None = None) -> tuple[int, boo
         if pid_ns:
             _leave_new_pid_ns()
         for r, w in list(pipes.values()) + ([stdin] if stdin else []):
-            os.close(r), os.close(w)
+            os.close(r)
+            os.close(w)
         raise
     if keeper == 0:  # never returns
         _keeper(limits, job, uid, plan, pipes, stdin)
@@ -384,11 +385,13 @@ def _collect(limits, job, keeper_fd, pid_ns, fds, stdin_w, start, got) -> str | 
                     except BrokenPipeError:
                         pending_input = pending_input[:0]
                     if not pending_input:
-                        sel.unregister(fd), os.close(fd)
+                        sel.unregister(fd)
+                        os.close(fd)
                     continue
                 chunk = os.read(fd, 1 << 16)
                 if not chunk:
-                    sel.unregister(fd), os.close(fd)
+                    sel.unregister(fd)
+                    os.close(fd)
                     if name == "status":  # the keeper is gone: the rest closes now, or never
                         deadline = min(deadline, time.monotonic() + _LEFTOVER_GRACE)
                     continue
@@ -502,7 +505,7 @@ def _classify(limits, job, got, report, keeper_status, killed_for) -> SandboxRes
             res.status = "ok"
         else:
             res.status, res.error = "exit", f"the command exited with code {code}"
-            if 128 < code < 128 + signal.NSIG:  # how a shell reports a process it ran that died by a signal
+            if code is not None and 128 < code < 128 + signal.NSIG:  # how a shell reports a process it ran that died by a signal
                 res.error += f" (a shell's 128 + {_signal_name(code - 128)}: a process it ran was killed)"
         return res
 
@@ -675,7 +678,7 @@ def _check_fields(obj: Any, checked: set) -> None:
     import dataclasses
     import typing
 
-    hints = _type_hints(type(obj))
+    hints = _type_hints(obj.__class__)
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name, _MISSING)
         if value is _MISSING:
@@ -719,7 +722,7 @@ def _conforms(value: Any, hint: Any, checked: set) -> bool:
         return isinstance(value, hint) and not (isinstance(value, bool) and hint in (int, float))
     if not isinstance(origin, type):
         return True
-    if not isinstance(value, origin):
+    if not isinstance(value, typing.cast(Any, origin)):  # (not narrowed: the branches below use it as the origin)
         return False
     key = (id(value), id(hint))
     if not args or key in checked:
@@ -1133,7 +1136,7 @@ def _install_seccomp_filter() -> None:
     program = _seccomp_program()
     if program is None:
         return
-    filters = (_SockFilter * len(program))(*program)
+    filters = (_SockFilter * len(program))(*(_SockFilter(*f) for f in program))
     fprog = _SockFprog(len(program), filters)
     _libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0)
 
@@ -1174,6 +1177,7 @@ def _run_fn(job: _Job, tmpdir: str, limits: Limits) -> None:
     tempfile.tempdir = tmpdir
     reserve = bytes(_EMERGENCY_BYTES)  # address space to give back on MemoryError (calloc: no page touched)
     try:
+        assert job.fn is not None  # a function's run
         message = ("ok", job.fn(*job.args, **(job.kwargs or {})), None)
     except BaseException as e:
         del reserve  # room to format the report after a MemoryError
@@ -1238,7 +1242,7 @@ def _run_one(fn, item, state: _RunnerState):
     with os.fdopen(os.pidfd_open(pid), "rb", buffering=0) as exited:
         os.set_blocking(read_end, False)
         while True:
-            ready, _, _ = select.select([read_end, exited], [], [])
+            ready, _, _ = select.select([read_end, exited.fileno()], [], [])
             try:
                 chunk = os.read(read_end, 1 << 16)
             except BlockingIOError:
@@ -1249,7 +1253,7 @@ def _run_one(fn, item, state: _RunnerState):
                     flooded = True
                     os.kill(pid, signal.SIGKILL)
                     break
-            elif chunk == b"" or exited in ready:
+            elif chunk == b"" or exited.fileno() in ready:
                 break  # EOF, or the call's process is gone and the pipe holds nothing more
     os.close(read_end)
     _end_leftovers(pid, state)
@@ -1373,6 +1377,7 @@ def _exec(job: _Job, workdir: str, tmpdir: str) -> None:
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores these; commands expect the defaults
         signal.signal(sig, signal.SIG_DFL)
     env = clean_environment(tmpdir) if job.env is None else job.env
+    assert job.argv is not None  # a command's run
     program = job.argv[0]
     if os.sep not in program:  # resolve it as the runner sees PATH (some entries may be closed to it)
         program = shutil.which(program, path=env.get("PATH", os.defpath)) or program
