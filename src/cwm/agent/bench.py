@@ -57,9 +57,10 @@ def evaluate(tasks, policy: str = "oracle", workers: int = 2, test_timeout: floa
 
 def episode_runner(policy: str, max_turns: int = 128, max_tokens: int = 131072, test_timeout: float = 120.0,
                    tokenizer: str | None = None, device: str = "cpu", temperature: float = 1.0, top_p: float = 0.95,
-                   max_new_tokens: int | None = None, seed: int = 0) -> Callable:
+                   max_new_tokens: int | None = None, seed: int = 0, check_with=None) -> Callable:
     """task -> trajectory: the agent loop (cwm.agent.collect.run_one) with a fresh `policy` per task
-    (cwm.agent.policy.policy_factory: a URL, a model directory loaded once, a script)."""
+    (cwm.agent.policy.policy_factory: a URL, a model directory loaded once, a script). With
+    `check_with` (a task), the policy is opened once now: a bad one raises PolicyError here."""
     from cwm.agent.collect import run_one
     from cwm.agent.loop import Limits
     from cwm.agent.policy import policy_factory
@@ -67,6 +68,8 @@ def episode_runner(policy: str, max_turns: int = 128, max_tokens: int = 131072, 
     limits = Limits(max_turns=max_turns, max_tokens=max_tokens, test_timeout=test_timeout)
     make = policy_factory(policy, tokenizer=tokenizer, device=device, temperature=temperature, top_p=top_p,
                           max_tokens=max_new_tokens)
+    if check_with is not None:
+        make(check_with, seed)
     tok = None
     if tokenizer:
         from cwm.tokenizer import load_tokenizer

@@ -66,12 +66,12 @@ def _run(args) -> int:
     out = Path(args.out or f"eval-swe-local-{name.replace(':', '_')}.json")
     log = ResultsLog(out.with_suffix(".jsonl"), _settings(args), fresh=args.fresh)
     todo = [t for t in tasks if t.instance_id not in log.done]
-    print(f"items: {log.path}" + (f" (resuming: {len(tasks) - len(todo)} done)" if len(todo) < len(tasks) else ""),
-          file=sys.stderr)
     episode = None if args.policy == "oracle" or not todo else episode_runner(
         args.policy, max_turns=args.max_turns, max_tokens=args.max_tokens, test_timeout=args.test_timeout,
         tokenizer=args.tokenizer, device=args.device, temperature=args.temperature, top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens, seed=args.seed)
+        max_new_tokens=args.max_new_tokens, seed=args.seed, check_with=todo[0])
+    print(f"items: {log.path}" + (f" (resuming: {len(tasks) - len(todo)} done)" if len(todo) < len(tasks) else ""),
+          file=sys.stderr)
     workers = args.workers if args.policy == "oracle" or not Path(args.policy).is_dir() else 1
     lock = threading.Lock()
 
