@@ -5,8 +5,10 @@
 Training: forward + backward + loss on a [batch, seq] batch, tokens per second.
 Generation: greedy decoding of `--new-tokens` after a `--prompt`-token prompt, batch 1, tokens
 per second; ours is `cwm.model.generate`, theirs `CwmForCausalLM.generate` with its default cache.
-`--compile` also times training with our blocks compiled, as `train.compile` runs them (theirs
-stays eager), and prints the compile time; the ratios printed last stay eager against eager.
+`--compile` also times training with our blocks compiled, as `train.compile` runs them, and
+generation with our decode step compiled (`generate(compile=True)`); theirs stays eager. It
+prints the compile times and `*_ratio_compiled`; `train_ratio` and `generate_ratio` stay eager
+against eager.
 Prints medians, then, last, `train_ratio: X` and `generate_ratio: Y` (ours over theirs).
 """
 
@@ -109,6 +111,9 @@ def main() -> None:
         compile_time = timed(lambda: train_step(compiled), args.device)
         print(f"compile: first compiled training step took {compile_time:.1f} s")
         cases.insert(1, ("train ours comp.", lambda: train_step(compiled), train_tokens))
+        compile_time = timed(lambda: generate(ours, prompt[0].tolist(), n, stop_tokens=(), compile=True), args.device)
+        print(f"compile: first compiled generation took {compile_time:.1f} s")
+        cases.append(("generate ours comp.", lambda: generate(ours, prompt[0].tolist(), n, stop_tokens=(), compile=True), n))
     for name, fn, _ in cases:
         fn()  # warm-up
         results[name] = []
@@ -121,6 +126,7 @@ def main() -> None:
     print("load average (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     if args.compile:
         print(f"train_ratio_compiled: {medians['train ours comp.'] / medians['train theirs']:.2f}")
+        print(f"generate_ratio_compiled: {medians['generate ours comp.'] / medians['generate theirs']:.2f}")
     print(f"train_ratio: {medians['train ours'] / medians['train theirs']:.2f}")
     print(f"generate_ratio: {medians['generate ours'] / medians['generate theirs']:.2f}")
 
