@@ -23,8 +23,8 @@ import subprocess
 import sys
 import time
 
-from cwm.sandbox import core as sandbox_module
 from cwm.sandbox import Limits, run_function
+from cwm.sandbox import core as sandbox_module
 
 
 def work(x):

@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import make_tiny_checkpoint
 from cwm.data.build import BuildParams, build
 from cwm.data.dataset import rows as dataset_rows
 from cwm.data.pack import PackInput, io_document, io_pair, io_prompt, pack
 from cwm.data.packed import PackedDataset
 from cwm.eval.cruxeval import direct_prompt
-from conftest import make_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

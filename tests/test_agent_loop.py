@@ -13,7 +13,7 @@ import pytest
 from cwm.agent import protocol
 from cwm.agent.collect import CollectParams, collect, run_one
 from cwm.agent.loop import Limits
-from cwm.agent.policy import ChatPolicy, LocalPolicy, PolicyError, ScriptedPolicy, oracle_policy, open_policy
+from cwm.agent.policy import ChatPolicy, LocalPolicy, PolicyError, ScriptedPolicy, open_policy, oracle_policy
 from cwm.agent.task import Task, diff_files, git, materialize, write_tasks
 from cwm.agent.trajectory import Trajectory, read_trajectories, sft_records, write_jsonl
 

@@ -18,7 +18,15 @@ import pytest
 
 from cwm.agent import mutate, swebench
 from cwm.agent.task import (
-    Task, TaskError, apply_patch, diff_files, git, materialize, read_tasks, shipped_dir, write_tasks,
+    Task,
+    TaskError,
+    apply_patch,
+    diff_files,
+    git,
+    materialize,
+    read_tasks,
+    shipped_dir,
+    write_tasks,
 )  # fmt: skip
 
 CALC = textwrap.dedent('''\

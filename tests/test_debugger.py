@@ -7,9 +7,9 @@ import copy
 import io
 
 import pytest
+
 from conftest import DEBUG_PROGRAM as PROGRAM
 from conftest import make_tiny_checkpoint, serving
-
 from cwm.backends import LocalBackend, Sampling
 from cwm.debugger import cli
 from cwm.debugger.session import Session, prepare
@@ -17,7 +17,6 @@ from cwm.eval.metrics import action_of, state_of
 from cwm.eval.oracle import OracleBackend
 from cwm.eval.traces import Case, predict_teacher_forced
 from cwm.tokenizer.tracetext import frames_ids
-
 
 
 def session(tok, prepared, frames=None, frame_ids=None):

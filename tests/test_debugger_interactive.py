@@ -12,8 +12,8 @@ import sys
 import time
 
 import pytest
-from conftest import make_tiny_checkpoint, serving_like_fgserve
 
+from conftest import make_tiny_checkpoint, serving_like_fgserve
 from cwm.debugger.cli import history_file
 from cwm.debugger.session import prepare
 from cwm.eval.oracle import OracleBackend

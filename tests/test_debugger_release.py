@@ -5,9 +5,9 @@ model predicts the entry call frame itself (demos/cwmdbg.py)."""
 import argparse
 
 import pytest
+
 from conftest import DEBUG_PROGRAM as PROGRAM
 from conftest import make_tiny_checkpoint, serving, serving_like_fgserve
-
 from cwm.backends import NEAR_GREEDY_TEMPERATURE, HTTPBackend, LocalBackend, Sampling
 from cwm.debugger import cli
 from cwm.debugger.session import Session, mark_entry, prepare
@@ -16,7 +16,6 @@ from cwm.eval.oracle import OracleBackend
 from cwm.eval.traces import Case, predict_teacher_forced
 from cwm.tokenizer.tracetext import context_ids
 from cwm.trace import trace_call
-
 
 
 @pytest.fixture(scope="module")

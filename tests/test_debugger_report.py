@@ -110,7 +110,6 @@ def test_report_pairs_frames_like_the_console_in_a_real_browser(tok, tmp_path, m
     import subprocess
 
     from conftest import serving_like_fgserve
-
     from cwm.debugger import cli
     from cwm.debugger.session import prepare
     from cwm.eval.oracle import OracleBackend

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_tiny_checkpoint
 
+from conftest import make_tiny_checkpoint
 from cwm.backends import Sampling
 from cwm.eval import cli
 from cwm.eval.cruxeval import DEFAULT_DATA, load_cruxeval, run_cruxeval, trace_context

@@ -6,7 +6,13 @@ import pytest
 
 from cwm.backends import Completion, Sampling
 from cwm.eval.cruxeval import (
-    DEFAULT_DATA, check_answer, direct_prompt, extract_direct_answer, load_cruxeval, pass_at_k, run_cruxeval,
+    DEFAULT_DATA,
+    check_answer,
+    direct_prompt,
+    extract_direct_answer,
+    load_cruxeval,
+    pass_at_k,
+    run_cruxeval,
 )
 
 DATA = DEFAULT_DATA  # the copy inside the package

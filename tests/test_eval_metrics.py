@@ -9,8 +9,8 @@ import copy
 
 import pytest
 
-from cwm.eval.metrics import aggregate, score_trace
 from cwm.eval.cruxeval import pass_at_k
+from cwm.eval.metrics import aggregate, score_trace
 from cwm.trace.format import Frame
 
 

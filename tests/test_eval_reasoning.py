@@ -12,8 +12,8 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import free_port, make_tiny_checkpoint, serving
 
+from conftest import free_port, make_tiny_checkpoint, serving
 from cwm.eval import cli, codegen, mathbench, reasoning
 
 # ---- the release's strings (facebookresearch/cwm, read there and pinned here) ---------------------

@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import make_tiny_checkpoint
 
+from conftest import make_tiny_checkpoint
 from cwm.backends import Completion, Sampling, split_stops
 from cwm.eval import cli
 from cwm.eval.cruxeval import answer_by_trace, load_cruxeval, trace_context

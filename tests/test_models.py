@@ -58,6 +58,7 @@ def test_a_missing_shipped_model_is_one_clear_error(tmp_path, monkeypatch):
 
 def test_serve_without_model_serves_the_shipped_one():
     import httpx
+
     from conftest import free_port, wait_until_healthy
 
     port = free_port()

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+
 from conftest import free_port, wait_until_healthy
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ import importlib
 import importlib.util
 import json
 import os
-import signal
 import shutil
+import signal
 import socket
 import stat
 import subprocess

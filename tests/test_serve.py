@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from conftest import free_port, make_tiny_checkpoint, serving, wait_until_healthy
 
+from conftest import free_port, make_tiny_checkpoint, serving, wait_until_healthy
 from cwm.backends import BackendError, HTTPBackend, LocalBackend, Sampling
 from cwm.serve.app import MAX_BODY_BYTES
 

@@ -12,8 +12,8 @@ import httpx
 import openai
 import pytest
 import torch
-from conftest import make_tiny_checkpoint, serving
 
+from conftest import make_tiny_checkpoint, serving
 from cwm.backends import LocalBackend
 from cwm.serve import chat
 from cwm.serve.chat import ChatError, parse_reply, prepare_tools, prompt_ids, render_messages, settled

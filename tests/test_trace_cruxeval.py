@@ -7,8 +7,8 @@ import ast
 import json
 
 from cwm.eval.cruxeval import DEFAULT_DATA as CRUXEVAL  # the copy inside the package
-from cwm.trace import parse_cwm_text, to_cwm_text, trace_call
 from cwm.sandbox import Limits, run_function
+from cwm.trace import parse_cwm_text, to_cwm_text, trace_call
 
 
 def test_all_800_cruxeval_return_values_match_and_their_texts_round_trip():

@@ -5,11 +5,26 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cwm.trace.format import outcome
 from cwm.trace import (
-    CALL, EXCEPTION, LINE, RETURN, Frame, Trace, TraceParseError, frame_pieces, frame_text, from_json,
-    parse_cwm_pieces, parse_cwm_text, prompt_text, to_cwm_pieces, to_cwm_text, to_json, trace_call,
+    CALL,
+    EXCEPTION,
+    LINE,
+    RETURN,
+    Frame,
+    Trace,
+    TraceParseError,
+    frame_pieces,
+    frame_text,
+    from_json,
+    parse_cwm_pieces,
+    parse_cwm_text,
+    prompt_text,
+    to_cwm_pieces,
+    to_cwm_text,
+    to_json,
+    trace_call,
 )  # fmt: skip
+from cwm.trace.format import outcome
 
 SPEC_PROGRAM = "def g(a, b):\n    return a * b\n\ndef f(x):\n    y = g(x, 2)\n    return y\n"
 SPEC_TEXT = (

@@ -3,10 +3,10 @@ handling of bad configs and --dry-run (which builds the 32B model on the meta de
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from cwm.train.config import ConfigError, TrainConfig, dump_toml, load_config
 

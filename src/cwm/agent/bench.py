@@ -13,8 +13,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from cwm.agent.mutate import shipped_tasks_path
-from cwm.agent.swebench import evaluate_patch, write_predictions
 from cwm.agent.policy import PolicyError
+from cwm.agent.swebench import evaluate_patch, write_predictions
 from cwm.agent.task import TaskError, read_tasks
 
 __all__ = ["PolicyError", "TaskError", "episode_runner", "evaluate", "load", "shipped_tasks_path", "write_predictions"]

@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from cwm.data import evalsets, harvest, realistic, synth
-from cwm.data.synth import Program
 from cwm.data.dataset import FORMAT, MANIFEST, DatasetError, read_manifest, read_shard, schema, shard_name
+from cwm.data.synth import Program
 from cwm.data.tracing import TraceHost, sandboxed
 
 SOURCE_KINDS = ("synth", "real", "dir", "programs", "eval", "code")

@@ -8,10 +8,10 @@ evaluation program's (see `normalize_source` for what "equal" means; docs/data.m
 from __future__ import annotations
 
 import ast
-import json
 import builtins
 import functools
 import hashlib
+import json
 import types
 from pathlib import Path
 

@@ -176,8 +176,8 @@ def _serve(parent: int) -> None:
         return
     requests, replies = os.fdopen(0, "rb"), os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # nothing printed by accident can corrupt the replies
-    import cwm.trace  # noqa: F401  (loaded before any fork)
     import cwm.sandbox  # noqa: F401
+    import cwm.trace  # noqa: F401  (loaded before any fork)
 
     while True:
         head = requests.read(_LENGTH.size)

@@ -279,8 +279,8 @@ def prepare(program: str, call: str | None, run_real: bool = True, timeout: floa
     context = entry_context(_ANY_MARKER.sub("", program), call)  # one entry: main
     if not run_real:
         return context, None, None
-    from cwm.trace import trace_call
     from cwm.sandbox import Limits, run_function
+    from cwm.trace import trace_call
 
     result = run_function(trace_call, context.replace(MARKER, ""), f"{ENTRY}()", limits=Limits(timeout=timeout))
     if not result.ok:

@@ -17,7 +17,9 @@ import numpy as np
 
 # The benchmark's problems and its direct prompt live in the data layer (the data pipeline
 # decontaminates against them and packs `io` documents in the prompt's format).
-from cwm.data.evalsets import CRUXEVAL as DEFAULT_DATA, DIRECT_STOP, direct_prompt, load_cruxeval  # noqa: F401  (eval's API too)
+from cwm.data.evalsets import CRUXEVAL as DEFAULT_DATA  # noqa: F401  (eval's API too)
+from cwm.data.evalsets import DIRECT_STOP, direct_prompt
+from cwm.data.evalsets import load_cruxeval as load_cruxeval  # eval's API too (`as`: re-exported)
 
 DIRECT_STOP_LINE = "\n"  # the end of the answer's line (before [/ANSWER])
 

@@ -23,8 +23,6 @@ from cwm.data.pack import io_pair, io_prompt
 from cwm.eval.cruxeval import DIRECT_STOP_LINE, check_answer, extract_direct_answer
 
 
-
-
 def heldout_items(dataset: str | Path, limit: int | None = 200) -> list[dict]:
     """The first `limit` returning programs of a trace dataset, in record order, as
     {id, code, call, output}."""

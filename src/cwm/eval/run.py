@@ -98,7 +98,15 @@ def progress(items: list, description: str, done: int = 0) -> Iterator:
     """Iterate `items` with a progress bar on stderr: n/total (counting `done` resumed items),
     items per second (or seconds per item), elapsed and ETA."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from rich.text import Text
 
     class Rate(ProgressColumn):

@@ -21,9 +21,9 @@ import torch
 
 from cwm.model.checkpoint import (
     CheckpointError,
-    model_from_state_dict,
     from_hf_state_dict,
     hf_shapes,
+    model_from_state_dict,
     save_pretrained,
     to_hf_state_dict,
 )

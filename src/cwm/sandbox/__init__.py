@@ -8,7 +8,14 @@ cwm. How a run is built, and what it guarantees: `cwm.sandbox.core` and docs/san
 """
 
 from cwm.sandbox.core import (
-    STATUSES, Limits, SandboxResult, allow_result_type, clean_environment, run_command, run_each, run_function,
+    STATUSES,
+    Limits,
+    SandboxResult,
+    allow_result_type,
+    clean_environment,
+    run_command,
+    run_each,
+    run_function,
 )  # fmt: skip
 
 __all__ = [

@@ -13,7 +13,15 @@ imported here; this module imports nothing else.
 from __future__ import annotations
 
 from cwm.trace.tokens import (
-    ACTION_SEP, ARG_SEP, BEGIN_OF_TEXT, CALL_SEP, END_OF_TEXT, EXCEPTION_SEP, FRAME_SEP, LINE_SEP, RETURN_SEP,
+    ACTION_SEP,
+    ARG_SEP,
+    BEGIN_OF_TEXT,
+    CALL_SEP,
+    END_OF_TEXT,
+    EXCEPTION_SEP,
+    FRAME_SEP,
+    LINE_SEP,
+    RETURN_SEP,
     TRACE_CONTEXT_START,
 )  # fmt: skip
 

@@ -11,8 +11,25 @@ only when one of its names is first used, so reading traces needs no compiled ex
 from typing import TYPE_CHECKING
 
 from cwm.trace.format import (
-    CALL, EXCEPTION, LINE, MARKER, RETURN, Frame, ParsedTrace, Trace, TraceParseError, frame_pieces, frame_text,
-    from_json, parse_cwm_pieces, parse_cwm_text, prompt_pieces, prompt_text, to_cwm_pieces, to_cwm_text, to_json,
+    CALL,
+    EXCEPTION,
+    LINE,
+    MARKER,
+    RETURN,
+    Frame,
+    ParsedTrace,
+    Trace,
+    TraceParseError,
+    frame_pieces,
+    frame_text,
+    from_json,
+    parse_cwm_pieces,
+    parse_cwm_text,
+    prompt_pieces,
+    prompt_text,
+    to_cwm_pieces,
+    to_cwm_text,
+    to_json,
 )  # fmt: skip
 
 __all__ = [

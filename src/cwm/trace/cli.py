@@ -37,9 +37,9 @@ EXIT_OK, EXIT_RAISED, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
 def run(args) -> int:
     import os
 
+    from cwm.sandbox import Limits, run_function
     from cwm.trace.format import OK, RAISED, Trace, to_cwm_text, to_dict
     from cwm.trace.recorder import trace_call, trace_entry, trace_script
-    from cwm.sandbox import Limits, run_function
 
     # The program is only read here, never compiled: compiling untrusted source can take gigabytes
     # or overflow the stack, so that happens in the sandbox (a TraceError comes back as one line).

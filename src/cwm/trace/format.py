@@ -19,12 +19,26 @@ import bisect
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import NoReturn
 from json.encoder import encode_basestring_ascii as _json_str  # == json.dumps(str), in C
+from typing import NoReturn
 
 from cwm.trace.tokens import (  # the format's spelled constants live there; re-exported here
-    ACTION_SEP, ARG_SEP, BEGIN_OF_TEXT, CALL, END_OF_TEXT, EVENT_SEP, EVENTS, EXCEPTION, FRAME_SEP, LINE, MARKER,
-    RETURN, SEP_EVENT, SPECIALS, TRACE_CONTEXT_START, UNCHANGED,
+    ACTION_SEP,
+    ARG_SEP,
+    BEGIN_OF_TEXT,
+    CALL,
+    END_OF_TEXT,
+    EVENT_SEP,
+    EVENTS,
+    EXCEPTION,
+    FRAME_SEP,
+    LINE,
+    MARKER,
+    RETURN,
+    SEP_EVENT,
+    SPECIALS,
+    TRACE_CONTEXT_START,
+    UNCHANGED,
 )  # fmt: skip
 
 # Trace statuses. Complete traces ("ok", "exception") end with <|end_of_text|>; the others were

@@ -35,10 +35,19 @@ import time
 import types
 from collections.abc import Iterator
 
-from cwm.trace.native import Tracer  # the trace function, in C (a clear error where it is not built)
 from cwm.trace.format import (
-    END_OF_TEXT, EVENTS, MARKER, UNCHANGED, Frame, Trace, frame_text, outcome, prompt_text, source_lines,
+    END_OF_TEXT,
+    EVENTS,
+    MARKER,
+    UNCHANGED,
+    Frame,
+    Trace,
+    frame_text,
+    outcome,
+    prompt_text,
+    source_lines,
 )  # fmt: skip
+from cwm.trace.native import Tracer  # the trace function, in C (a clear error where it is not built)
 from cwm.trace.tokens import MARKER_RE
 from cwm.trace.values import DEFAULT_LIMIT, DEFAULT_REPR_TIMEOUT, ValueRenderer, json_str
 

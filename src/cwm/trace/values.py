@@ -28,8 +28,8 @@ import pickle
 import signal
 from collections import Counter, OrderedDict, defaultdict, deque
 from itertools import islice
-from typing import Any
 from json.encoder import encode_basestring_ascii as json_str  # == json.dumps(str), in C
+from typing import Any
 
 # The C trace function's side of the contract (by name): how a local changed, what a scope
 # remembers of it, and an identity test of a list's or dict's items.

@@ -12,11 +12,10 @@ import dataclasses
 import difflib
 import json
 import math
+import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import tomllib
 
 
 class ConfigError(ValueError):
