@@ -9,7 +9,8 @@ Masks come from those two, so attention never depends on the order of the slots.
 
 Two ways in, both with explicit positions (`Transformer.forward(..., positions=, cache=)`):
   decode   one token per row: written into its slot, then its query attends to every slot under a
-           mask. Shapes never change and no host value is read, so the step compiles once.
+           mask. Compiled (or on a GPU), shapes never change and no host value is read, so the
+           step compiles once; eager on CPU the slots never filled yet are left out.
   prefill  T > 1 tokens at positions start..start+T-1: queries attend to the slots filled before
            `start`, then to each other; then the last tokens are written. From start 0 this is
            the uncached attention plan (attention.py).
@@ -40,6 +41,7 @@ class CacheStep:
     plan: AttentionPlan  # how the queries attend to the keys `store` returns
     slots: Tensor  # the slots the last len(slots) new tokens are written to
     old: int | None  # prefill: the first `old` slots are attended before the new keys; None: decode
+    n_slots: int = 0  # decode: the leading slots attended (all but never-filled ones)
 
 
 class KVCache:
@@ -73,15 +75,22 @@ class KVCache:
         return rope, self._prefill(positions, doc_ids)
 
     def _decode(self, positions: Tensor) -> dict:
+        # Eager on CPU, where reading the position costs nothing, keys stop at the last slot filled
+        # (fewer keys); compiled or on GPUs every slot is attended (one shape).
+        eager_cpu = positions.device.type == "cpu" and not torch.compiler.is_compiling()
+        last = int(positions[0]) if eager_cpu else None
         steps = {}
         for window, size in self.sizes.items():
             slots = positions % size
-            slot_pos = self.slot_pos[window].index_copy_(0, slots, positions)
-            mask = attention_mask(positions, slot_pos, window)  # [1, size]
+            n = size if last is None else min(last + 1, size)
+            slot_pos = self.slot_pos[window].index_copy_(0, slots, positions)[:n]
+            mask = attention_mask(positions, slot_pos, window)  # [1, n]
             if self.slot_doc is not None:
-                slot_doc = self.slot_doc[window].index_copy_(1, slots, self.doc[:, None])
+                slot_doc = self.slot_doc[window].index_copy_(1, slots, self.doc[:, None])[:, :n]
                 mask = (mask & (slot_doc == self.doc[:, None]))[:, None, None, :]
-            steps[window] = CacheStep(Masked(mask), slots, None)
+            # additive, made once for every layer of the window (SDPA would convert it in each)
+            mask = torch.zeros(mask.shape, dtype=self.cos.dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+            steps[window] = CacheStep(Masked(mask), slots, None, n)
         return steps
 
     def _prefill(self, positions: Tensor, doc_ids: Tensor | None) -> dict:
@@ -122,7 +131,7 @@ class KVCache:
         if step.old is None:  # decode: into the token's slot, then attend to every slot
             K.index_copy_(2, step.slots, k)
             V.index_copy_(2, step.slots, v)
-            return K, V
+            return K[:, :, : step.n_slots], V[:, :, : step.n_slots]
         keys, values = (k, v) if step.old == 0 else (torch.cat((K[:, :, : step.old], k), 2), torch.cat((V[:, :, : step.old], v), 2))
         n = step.slots.shape[0]
         K[:, :, step.slots] = k[:, :, -n:]
