@@ -167,12 +167,13 @@ def test_ctrl_c_stops_a_prediction_not_the_session(endless, program, env):
     term.expect("step 0")
     term.expect("(cwm) ")
     term.send("s\r")
-    time.sleep(0.3)  # the prediction is under way
+    time.sleep(1.0)  # the prediction is under way (it lasts tens of seconds); not still inside readline
     started = time.monotonic()
     term.send("\x03")
     shown = term.expect("(cwm) ", timeout=20)
     assert time.monotonic() - started < 10
     assert "interrupted" in shown and "step 0" in shown  # the session as it was before `s`
+    time.sleep(0.5)  # readline is waiting: a signal that lands before its select() waits for the next key
     term.send("\x03")  # at the prompt: a fresh prompt, the session stays
     term.expect("(cwm) ", timeout=10)
     term.send("p\r")

@@ -114,3 +114,26 @@ def test_the_readme_tour(tmp_path):
         server.terminate()
         server.wait(timeout=30)
     print(seconds)
+
+
+def test_the_readme_agent_commands(tmp_path):
+    """The README's coding-agent block, as written (`--limit` shrunk to 1): the oracle resolves the
+    shipped benchmark's task, one episode runs and is graded, collect writes trajectories and SFT
+    records. The URL line needs a server: tests/test_agent_loop.py drives that policy."""
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("**The coding agent**"):text.index("## Measured")]
+    (code,) = re.findall(r"```bash\n(.*?)```", block, re.S)
+    commands = [shlex.split(line, comments=True)[1:] for line in code.splitlines() if line.strip()]
+    assert [c[:2] for c in commands] == [["eval", "swe-local"], ["agent", "run"], ["agent", "run"],
+                                         ["agent", "collect"], ["agent", "tasks"]], "the block changed"
+    for args in commands:
+        if any(a.startswith("http") for a in args):
+            continue
+        if "--limit" in args:
+            args[args.index("--limit") + 1] = "1"
+        outputs = cwm(args + (["--quiet"] if args[:2] == ["agent", "run"] else []), tmp_path)
+        if args[:2] == ["eval", "swe-local"]:
+            assert outputs.strip().splitlines()[-1] == "score: 1.0000", outputs
+        elif args[:2] == ["agent", "run"]:
+            assert "resolved: true" in outputs, outputs
+    assert len((tmp_path / "runs/agent/sft.jsonl").read_text().splitlines()) == 1
