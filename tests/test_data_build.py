@@ -324,7 +324,7 @@ def test_ctrl_c_ends_a_2_worker_build_within_2_s_with_nothing_left_and_a_rerun_r
     started = time.monotonic()
     _, err = proc.communicate(timeout=30)
     assert time.monotonic() - started <= 2.0
-    assert proc.returncode == 130
+    assert proc.returncode == 130, err
     assert "interrupted; rerun the same command to resume" in err and "Traceback" not in err, err
     assert _build_processes(out) == []
     assert not json.loads((out / "manifest.json").read_text())["complete"]

@@ -115,7 +115,9 @@ def collect(tasks: list, out: str | os.PathLike, params: CollectParams, workers:
         pending = {pool.submit(one, n) for n in todo}
         try:
             while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                # a timeout, so the main thread runs Python often: a Ctrl-C the kernel delivered
+                # to a worker thread would not wake a wait without one
+                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                 for future in finished:
                     trajectory = future.result()
                     with lock:
