@@ -174,7 +174,7 @@ class Transformer(nn.Module):
         for name, param in self.named_parameters():
             if name.endswith("norm.weight"):
                 nn.init.ones_(param)
-            elif param is self.embed_tokens.weight:
+            elif name.endswith("embed_tokens.weight"):
                 nn.init.normal_(param, std=1.0, generator=generator)
             else:
                 std = param.shape[1] ** -0.5
