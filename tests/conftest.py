@@ -2,11 +2,19 @@
 
 import contextlib
 import difflib
+import signal
 from pathlib import Path
 
 import pytest
 
 CORPUS = Path(difflib.__file__).read_text()  # any Python text will do for a tiny BPE
+
+# A suite started in the background (`cmd &` in a script, nohup) begins with SIGINT ignored, and
+# every program it starts would inherit that: the Ctrl-C tests would then test nothing but the
+# shell. Catching SIGINT here gives the programs the tests start a terminal's default again (exec
+# resets a caught signal to its default, never an ignored one).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
