@@ -226,6 +226,49 @@ class HTTPBackend:
         )
 
 
+def chat_completion(url: str, body: dict, timeout_s: float) -> tuple[str, dict]:
+    """POST an OpenAI chat request `body` to {url}/v1/chat/completions, or {url}/chat/completions
+    (the release's fgserve, where /v1 is 404; a URL ending in /v1): (the reply's text, its usage).
+
+    A reply split into `reasoning_content` (or vLLM's `reasoning`) and `content` is joined back
+    where the release's server splits it: reasoning + "\n</think>\n" + content; a thought that was
+    never closed (all reasoning, no content) gets no `</think>` it never wrote. A leading
+    "<think>\n" (a template that leaves it to the model) is dropped. Errors: BackendError."""
+    import httpx
+
+    from cwm.tokenizer.prompts import THINK_END, THINK_START
+
+    base = url.rstrip("/")
+    paths = ["/chat/completions"] if base.endswith("/v1") else ["/v1/chat/completions", "/chat/completions"]
+    for path in paths:
+        endpoint = base + path
+        try:
+            answer = httpx.post(endpoint, json=body, timeout=timeout_s)
+        except httpx.HTTPError as e:
+            raise BackendError(f"cannot reach {endpoint} ({type(e).__name__}: {e}); is an OpenAI-compatible "
+                               "server running there?") from None
+        if answer.status_code != 404:
+            break
+    if answer.status_code != 200:
+        raise BackendError(f"{endpoint} answered {answer.status_code}: {answer.text[:500]}")
+    try:
+        data = answer.json()
+        message = data["choices"][0]["message"]
+        content = message.get("content") or ""
+        reasoning = message.get("reasoning_content")
+        reasoning = message.get("reasoning") if reasoning is None else reasoning
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+        raise BackendError(f"{endpoint} did not answer like the OpenAI chat API (choices[0].message): {e!r}") from None
+    if not isinstance(content, str) or (reasoning is not None and not isinstance(reasoning, str)):
+        raise BackendError(f"{endpoint}: choices[0].message.content is not text")
+    if reasoning is None:
+        text = content
+    else:
+        text = reasoning + "\n" + THINK_END + "\n" + content if content else reasoning
+    return text.removeprefix(THINK_START), usage
+
+
 def open_backend(model: str | None = None, server: str | None = None, tokenizer: str | None = None,
                  device: str = "cpu", context: int | None = None) -> Backend:
     """The backend named by CLI flags: --model DIR, or --server URL with --tokenizer DIR; neither

@@ -28,8 +28,7 @@ from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 if TYPE_CHECKING:
     from cwm.backends import LocalBackend
 
-THINK_START = "<think>\n"  # the release's assistant prefix in think-tag mode (prompts.think_tag_prompt)
-THINK_END = "</think>"
+from cwm.tokenizer.prompts import THINK_END, THINK_START
 
 
 class PolicyError(RuntimeError):
@@ -157,7 +156,7 @@ class ChatPolicy:
     tokenizer: object = None
 
     def __call__(self, messages: list[dict]) -> str:
-        import httpx
+        from cwm.backends import BackendError, chat_completion
 
         body = {"model": self.model or "cwm", "messages": api_messages(messages), "temperature": self.temperature,
                 "top_p": self.top_p, "n": 1,
@@ -167,30 +166,10 @@ class ChatPolicy:
             body["max_tokens"] = self.max_tokens
         if self.seed is not None:
             body["seed"] = self.seed
-        base = self.url.rstrip("/")
-        paths = ["/chat/completions"] if base.endswith("/v1") else ["/v1/chat/completions", "/chat/completions"]
-        for path in paths:
-            endpoint = base + path
-            try:
-                answer = httpx.post(endpoint, json=body, timeout=self.timeout_s)
-            except httpx.HTTPError as e:
-                raise PolicyError(f"cannot reach {endpoint} ({type(e).__name__}: {e}); is the server running?") from None
-            if answer.status_code != 404:
-                break
-        if answer.status_code != 200:
-            raise PolicyError(f"{endpoint} answered {answer.status_code}: {answer.text[:300]}")
         try:
-            message = answer.json()["choices"][0]["message"]
-            content = message.get("content") or ""
-            reasoning = message.get("reasoning_content")
-            reasoning = message.get("reasoning") if reasoning is None else reasoning
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
-            raise PolicyError(f"{endpoint} did not answer like the OpenAI chat API (choices[0].message): {e!r}") from None
-        # Joined back where the server split it; a thought that was never closed (all reasoning,
-        # no content: docs/serve.md) gets no `</think>` it never wrote.
-        text = reasoning + "\n" + THINK_END + "\n" + content if reasoning is not None and content else (
-            content or reasoning or "")
-        return text.removeprefix(THINK_START)  # a template that leaves "<think>\n" to the model
+            return chat_completion(self.url, body, self.timeout_s)[0]
+        except BackendError as e:
+            raise PolicyError(str(e)) from None
 
 
 # ---------------------------------------------------------------------------------------------

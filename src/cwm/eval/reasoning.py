@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
-from cwm.tokenizer.prompts import THINK_END, THINK_START, system_prompt
+from cwm.tokenizer.prompts import THINK_END, system_prompt
 
 if TYPE_CHECKING:
     from cwm.backends import Backend
@@ -93,9 +93,7 @@ class OpenAIChat:
     timeout_s: float = 3600.0
 
     def reply(self, messages, sampling) -> Reply:
-        import httpx
-
-        from cwm.backends import BackendError
+        from cwm.backends import chat_completion
 
         body = {"model": self.model or "cwm", "messages": messages, "max_tokens": sampling.max_new_tokens,
                 "temperature": sampling.temperature, "top_p": sampling.top_p, "n": 1,
@@ -103,37 +101,7 @@ class OpenAIChat:
                 "reasoning": {"enabled": True}, "chat_template_kwargs": {"enable_thinking": True}}
         if sampling.seed is not None:
             body["seed"] = sampling.seed
-        base = self.url.rstrip("/")
-        paths = ["/chat/completions"] if base.endswith("/v1") else ["/v1/chat/completions", "/chat/completions"]
-        for path in paths:
-            endpoint = base + path
-            try:
-                answer = httpx.post(endpoint, json=body, timeout=self.timeout_s)
-            except httpx.HTTPError as e:
-                raise BackendError(f"cannot reach {endpoint} ({e}); is an OpenAI-compatible server running there?") from e
-            if answer.status_code != 404:
-                break
-        if answer.status_code != 200:
-            raise BackendError(f"{endpoint} answered {answer.status_code}: {answer.text[:500]}")
-        try:
-            data = answer.json()
-            message = data["choices"][0]["message"]
-            content = message.get("content") or ""
-            reasoning = message.get("reasoning_content")
-            reasoning = message.get("reasoning") if reasoning is None else reasoning
-            usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
-            raise BackendError(f"{endpoint} did not answer like the OpenAI chat API (choices[0].message): {e!r}") from None
-        if not isinstance(content, str) or (reasoning is not None and not isinstance(reasoning, str)):
-            raise BackendError(f"{endpoint}: choices[0].message.content is not text")
-        # Split replies are joined back where the split was; a parser that puts an unclosed
-        # reasoning wholly into `reasoning` (empty content) gets no `</think>` it never saw.
-        if reasoning is None:
-            text = content
-        else:
-            text = reasoning + "\n" + THINK_END + "\n" + content if content else reasoning
-        if text.startswith(THINK_START):  # a template that leaves "<think>\n" to the model
-            text = text[len(THINK_START):]
+        text, usage = chat_completion(self.url, body, self.timeout_s)
         return Reply(text=text, tokens=int(usage.get("completion_tokens") or 0),
                      prompt_tokens=int(usage.get("prompt_tokens") or 0))
 
