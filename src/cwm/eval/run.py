@@ -95,35 +95,14 @@ class ResultsLog:
 
 
 def progress(items: list, description: str, done: int = 0) -> Iterator:
-    """Iterate `items` with a progress bar on stderr: n/total (counting `done` resumed items),
-    items per second (or seconds per item), elapsed and ETA."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from rich.text import Text
+    """Iterate `items` with a progress bar on stderr (cwm.progress.Bar): n/total (counting `done`
+    resumed items), items per second over this run (or seconds per item), elapsed and ETA."""
+    from cwm.progress import Bar
 
-    class Rate(ProgressColumn):
-        def render(self, task):  # over this run's items (rich's own speed needs several samples)
-            ran = task.completed - task.fields["resumed"]
-            speed = ran / task.elapsed if ran and task.elapsed else None
-            if not speed:
-                return Text("?/s")
-            return Text(f"{speed:.2f} items/s" if speed >= 1 else f"{1 / speed:.1f} s/item")
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True)) as bar:
-        task = bar.add_task(description, total=done + len(items), completed=done, resumed=done)
+    with Bar(description, done + len(items), "items", done=done) as bar:
         for item in items:
             yield item
-            bar.advance(task)
+            bar.advance()
 
 
 def items_to_do(items: Iterable, log: ResultsLog | None, key) -> tuple[list, list]:
