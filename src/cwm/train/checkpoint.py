@@ -340,6 +340,11 @@ class _PlainReader(FileSystemReader):
         return metadata
 
 
+def _refusal(e: pickle.UnpicklingError) -> str:
+    """The first line of why torch's weights-only unpickler refused a file."""
+    return str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+
+
 class _PlainPlanner(DefaultLoadPlanner):
     """DCP's planner, but non-tensor items are checked to be plain data before DCP unpickles them."""
 
@@ -347,7 +352,7 @@ class _PlainPlanner(DefaultLoadPlanner):
         try:
             torch.load(value, weights_only=True)
         except pickle.UnpicklingError as e:
-            detail = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+            detail = _refusal(e)
             raise CheckpointStateError(
                 f"{read_item.dest_index.fqn}: refused: it holds objects other than plain data ({detail}); "
                 "only load checkpoints you made"
@@ -362,7 +367,7 @@ def read_state(file: Path) -> dict:
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        detail = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+        detail = _refusal(e)
         raise CheckpointStateError(
             f"{file}: refused: it holds objects other than plain data ({detail}); "
             "only load checkpoints you made, or start the run again without --resume"
