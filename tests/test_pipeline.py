@@ -109,7 +109,10 @@ def test_the_readme_tour(tmp_path):
     try:
         wait_until_healthy(f"http://127.0.0.1:{port}", tries=1200)  # (loading torch and the model)
         reply = httpx.post(f"http://127.0.0.1:{port}/completions", json={"prompt": "def f(", "max_tokens": 4}, timeout=60)
-        assert reply.status_code == 200 and len(reply.json()["choices"][0]["tokens"]) <= 4
+        if reply.status_code != 200:
+            server.terminate()
+            raise AssertionError(f"{reply.status_code}: {reply.text[:500]}\n{server.communicate(timeout=30)[1][-3000:]}")
+        assert len(reply.json()["choices"][0]["tokens"]) <= 4
     finally:
         server.terminate()
         server.wait(timeout=30)
