@@ -165,9 +165,10 @@ def test_cli_interactive_session(checkpoint, program_file, monkeypatch, capsys):
 
 def test_cli_errors_are_one_line(program_file, capsys):
     assert cli.run(parse([str(program_file), "--call", "f(", "--model", "x"])) == 2
+    assert cli.run(parse([str(program_file), "--call", "f(3)", "--server", "http://x", "--constrain-actions"])) == 2
     assert cli.run(parse([str(program_file) + ".missing", "--call", "f(3)", "--model", "x"])) == 2
     err = capsys.readouterr().err
-    assert err.count("error:") == 2 and "Traceback" not in err
+    assert err.count("error:") == 3 and "Traceback" not in err and "--constrain-actions runs in this process" in err
 
 
 def test_local_and_http_debugger_sessions_agree(checkpoint, prepared):

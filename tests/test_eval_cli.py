@@ -100,6 +100,8 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert run_cli(["cruxeval", "--server", "http://127.0.0.1:9"]) == 2  # no --tokenizer
     assert run_cli(["cruxeval", "--model", "m", "--server", "http://x"]) == 2
     assert run_cli(["cruxeval", "--context", "64"]) == 2  # the shipped local model's context is its own
+    assert run_cli(["cruxeval", "--constrain-actions"]) == 2  # direct mode has no frames
+    assert run_cli(["trace", "--data", str(DATA.parent), "--constrain-actions", "--server", "http://127.0.0.1:9"]) == 2
     err = capsys.readouterr().err
-    assert err.count("error:") == 4 and "Traceback" not in err and "--context (at least 2 tokens) is for --server" in err
+    assert err.count("error:") == 6 and "--constrain-actions runs in this process" in err and "Traceback" not in err and "--context (at least 2 tokens) is for --server" in err
     assert not list(Path.cwd().glob("eval-cruxeval-*.jsonl"))  # a run that failed to start leaves no results file

@@ -104,3 +104,39 @@ def test_aggregate_over_perturbed_oracles(tok, case):
     agg = aggregate(results)
     assert agg["output"] == 0.5 and agg["state"] == pytest.approx((1 + 8 / 9) / 2)
     assert agg["accuracy_by_step"] == [1] * 8 + [0.5]
+
+
+def test_action_lines_allow_exactly_the_programs_lines(tok, case):
+    from cwm.tokenizer.tracetext import ActionLines
+    from cwm.trace.format import source_lines
+
+    allowed = ActionLines(tok, case.context)
+    lines = set(source_lines(case.context))
+    assert allowed([]) is None and allowed(tok.encode("x = 1")) is None  # no action begun: free
+    sep = [tok.frame_sep_id, tok.action_sep_id]
+    assert set(allowed(sep)) == {tok.encode(line)[0] for line in lines}
+    # walk one line token by token: each is allowed, and once it is complete the text is free again
+    line = "    y = g(x, 2)\n"
+    ids = tok.encode(line)
+    for k, t in enumerate(ids):
+        assert t in allowed(sep + ids[:k])
+    assert allowed(sep + ids) is None and allowed(sep + ids + [tok.frame_sep_id]) is None
+    assert allowed(sep + tok.encode("    y = h(")) is None  # off the program (a prompt that was): free
+    # the marker's line is the action the trace writes: `def main():`, not the comment
+    assert "def main():\n" in lines and not any("START_OF_TRACE" in line for line in lines)
+
+
+def test_constrained_actions_are_always_program_lines():
+    """The shipped cwm-mini, teacher-forced on a real trace: with --constrain-actions every action it
+    writes is a line of the program (its lineno is found), and the results say it was constrained."""
+    from cwm.backends import open_backend
+    from cwm.trace.format import source_lines
+
+    backend = open_backend()
+    c = real_case((EXAMPLES / "collatz.py").read_text(), "collatz_steps(6)")
+    c.frames = c.frames[:12]
+    results = run_traces(backend, [c], "teacher", Sampling(max_new_tokens=200), constrain=True)
+    predicted = results["items"][0]["predicted"]
+    assert results["constrained"] and len(predicted) == 11
+    lines = set(source_lines(c.context))
+    assert all(f["event"] == "invalid" or (f["source"] in lines and f["lineno"] > 0) for f in predicted), predicted

@@ -237,3 +237,19 @@ def test_prefix_reuse_gives_the_same_tokens(model):
         generate(model, [p0, p0], 5, cache=cache)
     with pytest.raises(ValueError, match="holds 50 tokens; 60 are needed"):
         generate(model, p0, 20, cache=KVCache(CFG, 1, 50))
+
+
+def test_allowed_constrains_each_row(model):
+    """`allowed` sees each row's new tokens so far and picks among the ids it returns; None frees it."""
+    p = prompt(10, 1)
+    free = generate(model, p, 6, stop_tokens=())
+    forced = [t for t in range(40, 46) if t not in free][:2]
+
+    def allowed(tokens):  # the first three tokens are forced to alternate, the rest are free
+        return [forced[len(tokens) % 2]] if len(tokens) < 3 else None
+
+    got = generate(model, [p, p], 6, stop_tokens=(), allowed=allowed)
+    assert got[0] == got[1] and got[0][:3] == [forced[0], forced[1], forced[0]]
+    assert got[0][3:] == greedy_uncached(model, p + got[0][:3], 3)  # free again: plain greedy
+    two = generate(model, p, 4, stop_tokens=(), allowed=lambda tokens: forced, temperature=1.0, seed=0)
+    assert set(two) <= set(forced)

@@ -37,6 +37,21 @@ def test_it_predicts_well_formed_frames_on_an_example():
     assert steps[0].frame.event == "line" and steps[1].frame.event == "call"
 
 
+def test_constrained_actions_in_the_debugger():
+    """`cwm debug --constrain-actions`: every action the debugger predicts is a line of the program."""
+    from cwm.backends import Sampling, open_backend
+    from cwm.debugger.session import Session, prepare
+    from cwm.tokenizer.tracetext import ActionLines
+    from cwm.trace.format import source_lines
+
+    context, real, _ = prepare(COLLATZ.read_text(), "collatz_steps(6)")
+    backend = open_backend()
+    session = Session(backend, context, real, sampling=Sampling(max_new_tokens=256,
+                                                                constraint=ActionLines(backend.tokenizer, context)))
+    steps = [session.step() for _ in range(4)]
+    assert all(s.frame is not None and s.frame.source in source_lines(context) for s in steps), [s.text for s in steps]
+
+
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1) for a network-less run")
 def test_debug_without_model_or_network_uses_the_shipped_model():
     """`cwm debug ... --auto` with no --model, in a new network namespace (no network at all)."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 if TYPE_CHECKING:
     from cwm.model import Transformer
@@ -32,6 +32,9 @@ class Sampling:
     top_p: float = 1.0
     max_new_tokens: int = 256
     seed: int | None = None
+    # Constrained decoding: tokens generated so far -> the ids allowed next (None: any), e.g.
+    # tracetext.ActionLines. Local models only; a server refuses it (it cannot run our code).
+    constraint: Callable[[list[int]], Sequence[int] | None] | None = None
 
     def __post_init__(self):
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.max_new_tokens < 1:
@@ -141,7 +144,7 @@ class LocalBackend:
                 self.model, ids, sampling.max_new_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
                 stop_tokens=sorted(stop_ids), stop_strings=strings, decode=self.tokenizer.decode, seed=sampling.seed,
                 on_token=None if on_token is None else lambda row, token: on_token(token),
-                cache=cache, compile=self.compile,
+                cache=cache, compile=self.compile, allowed=sampling.constraint,
             )
         text = self.tokenizer.decode(tokens)
         stopped = bool(tokens) and (tokens[-1] in stop_ids or any(s in text for s in strings))
@@ -187,6 +190,9 @@ class HTTPBackend:
     def complete(self, prompt, stop=(), sampling=Sampling()) -> Completion:
         import httpx
 
+        if sampling.constraint is not None:
+            raise BackendError("constrained decoding (--constrain-actions) runs in this process: give a local "
+                               "model (--model DIR) instead of a server")
         temperature = sampling.temperature
         if temperature == 0 and not self.is_cwm_serve():
             temperature = NEAR_GREEDY_TEMPERATURE

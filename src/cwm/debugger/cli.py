@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the release's demo uses 0.2-0.6)")
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--max-frame-tokens", type=int, default=512, help="token budget for one frame")
+    parser.add_argument("--constrain-actions", action="store_true",
+                        help="constrained decoding: each predicted action is one of the program's own lines (the model "
+                             "still picks which; a local model only)")
     parser.add_argument("--auto", action="store_true", help="step to the end without a prompt, then print a summary")
     parser.add_argument("--max-steps", type=int, default=500, help="--auto stops after this many frames")
     parser.add_argument("--report", help="write an HTML report of the predicted trace against the real one")
@@ -57,14 +60,18 @@ def run(args) -> int:
 
     from cwm.backends import BackendError, Sampling, open_backend
     from cwm.debugger.session import Session, prepare
+    from cwm.tokenizer.tracetext import ActionLines
 
     try:
+        if args.constrain_actions and args.server:
+            raise ValueError("--constrain-actions runs in this process: give a local model (--model DIR), not --server")
         program = Path(args.file).read_text()
         context, real, note = prepare(program, args.call, run_real=not args.no_real, timeout=args.timeout,
                                       entry=args.entry)
         backend = open_backend(args.model, args.server, args.tokenizer or args.model, args.device)
         sampling = Sampling(temperature=args.temperature, top_p=args.top_p if args.temperature > 0 else 1.0,
-                            max_new_tokens=args.max_frame_tokens)
+                            max_new_tokens=args.max_frame_tokens,
+                            constraint=ActionLines(backend.tokenizer, context) if args.constrain_actions else None)
         session = Session(backend, context, real=real, sampling=sampling, predict_entry=args.call is None)
         if note:
             print(note)

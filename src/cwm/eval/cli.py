@@ -44,10 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     crux.add_argument("--mode", choices=("direct", "trace"), default="direct")
     crux.add_argument("--samples", type=int, default=1, help="K samples per problem, for pass@k")
     crux.add_argument("--data", default=None, help="cruxeval.jsonl (default: the copy inside the package)")
+    crux.add_argument("--constrain-actions", action="store_true", help="trace mode: " + CONSTRAIN_HELP)
     _backend_flags(crux, "default: " + ", ".join(f"{n} in {m} mode" for m, n in MAX_NEW_TOKENS.items()))
     trace = sub.add_parser("trace", help="trace prediction on a `cwm data build` dataset")
     trace.add_argument("--data", required=True, help="dataset directory (manifest.json + Parquet shards)")
     trace.add_argument("--mode", choices=("free", "teacher"), default="free")
+    trace.add_argument("--constrain-actions", action="store_true", help=CONSTRAIN_HELP)
     _backend_flags(trace, f"default {TRACE_MAX_NEW_TOKENS}")
     _reasoning_parsers(sub)
     from cwm.eval import swe_local
@@ -91,7 +93,9 @@ def _reasoning_parsers(sub) -> None:
 TRACE_MAX_NEW_TOKENS = 1024
 # The settings a run's items depend on: a results file resumes only a run with the same ones.
 SETTINGS = ("task", "mode", "data", "model", "server", "samples", "temperature", "top_p", "seed", "max_new_tokens", "context",
-            "version", "api")
+            "version", "api", "constrain_actions")
+CONSTRAIN_HELP = ("constrained decoding: every predicted action is one of the program's own lines (the model still "
+                  "picks which; a local model only). Off by default: the scores are then the model's alone")
 
 
 def run(args) -> int:
@@ -128,6 +132,10 @@ def _run(args) -> int:
         raise ValueError("--context (at least 2 tokens) is for --server; a local model's context is its own")
     if args.task in REASONING:
         return _run_reasoning(args, samples)
+    if args.constrain_actions and args.mode == "direct":
+        raise ValueError("--constrain-actions constrains the frames of a trace: it is for --mode trace")
+    if args.constrain_actions and args.server:
+        raise ValueError("--constrain-actions runs in this process: give a local model (--model DIR), not --server")
     if args.max_new_tokens is None:
         from cwm.eval.cruxeval import MAX_NEW_TOKENS
 
@@ -149,9 +157,9 @@ def _run(args) -> int:
     started = time.time()
     try:
         if args.task == "cruxeval":
-            results = run_cruxeval(backend, items, args.mode, samples, sampling, log=log)
+            results = run_cruxeval(backend, items, args.mode, samples, sampling, log=log, constrain=args.constrain_actions)
         else:
-            results = run_traces(backend, cases, args.mode, sampling, log=log)
+            results = run_traces(backend, cases, args.mode, sampling, log=log, constrain=args.constrain_actions)
     finally:
         log.close()
     return _report(args, results, out, started)

@@ -62,13 +62,16 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
-def answer_by_trace(backend, item: dict, sampling) -> tuple[str | None, dict]:
-    """Trace mode: predict main()'s trace up to main's return frame; the answer is its value."""
+def answer_by_trace(backend, item: dict, sampling, constrain: bool = False) -> tuple[str | None, dict]:
+    """Trace mode: predict main()'s trace up to main's return frame; the answer is its value.
+    constrain: every action is one of the program's lines (eval.traces.action_lines)."""
     from cwm.eval.metrics import output_of
-    from cwm.eval.traces import Case, predict_free
+    from cwm.eval.traces import Case, action_lines, predict_free
     from cwm.tokenizer.tracetext import entry_frame
 
     context = trace_context(item["code"], item["input"])
+    if constrain:
+        sampling = action_lines(backend, context, sampling)
     prediction = predict_free(backend, Case(item["id"], context, [entry_frame(context)]), sampling, to_entry_return=True)
     top = [f for f in prediction.frames if f.depth == 0]  # main's own frames
     answer = output_of(top)
@@ -98,15 +101,23 @@ def answer_directly(backend, item: dict, sampling) -> tuple[str | None, dict]:
 MAX_NEW_TOKENS = {"direct": 256, "trace": 1024}
 
 
-def run_cruxeval(backend, items: list[dict], mode: str, samples: int, sampling, log=None) -> dict:
-    """Answer each problem `samples` times and score as the benchmark does. With a log
+def run_cruxeval(backend, items: list[dict], mode: str, samples: int, sampling, log=None, constrain: bool = False) -> dict:
+    """Answer each problem `samples` times and score as the benchmark does (`constrain`: trace
+    mode's actions, see answer_by_trace). With a log
     (cwm.eval.run.ResultsLog), each problem is written as it is done, and problems already in the
     log are not asked again."""
     from dataclasses import replace
 
     from cwm.eval.run import items_to_do, progress
 
-    answer = {"direct": answer_directly, "trace": answer_by_trace}[mode]
+    if mode not in MAX_NEW_TOKENS:
+        raise ValueError(f"unknown CruxEval mode {mode!r}; choose direct or trace")
+
+    def answer(backend, item, sampling):
+        if mode == "trace":
+            return answer_by_trace(backend, item, sampling, constrain)
+        return answer_directly(backend, item, sampling)
+
     done, todo = items_to_do(items, log, key=lambda item: item["id"])
     fresh = {}
     for item in progress(todo, f"cruxeval ({mode})", done=len(done)):
@@ -127,4 +138,5 @@ def run_cruxeval(backend, items: list[dict], mode: str, samples: int, sampling, 
     aggregates = {f"pass@{k}": sum(pass_at_k(samples, r["correct"], k) for r in results) / n if n else 0.0 for k in ks}
     aggregates["problems"] = n
     aggregates["failed"] = sum(r["failed"] for r in results)  # prompts that did not fit the context
-    return {"task": "cruxeval", "mode": mode, "headline": "pass@1", "aggregates": aggregates, "items": results}
+    return {"task": "cruxeval", "mode": mode, "constrained": constrain, "headline": "pass@1", "aggregates": aggregates,
+            "items": results}

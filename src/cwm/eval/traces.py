@@ -139,9 +139,18 @@ def predict_teacher_forced(backend: Backend, case: Case, sampling: Sampling) -> 
     return Prediction(frames, parsed / max(1, len(case.frames) - 1), first_error, malformed=malformed, reason=reason)
 
 
-def evaluate_case(backend: Backend, case: Case, mode: str, sampling: Sampling) -> tuple[Prediction, TraceScore]:
+def action_lines(backend: Backend, context: str, sampling: Sampling) -> Sampling:
+    """`sampling` with the actions constrained to the program's lines (tracetext.ActionLines)."""
+    return dataclasses.replace(sampling, constraint=tracetext.ActionLines(backend.tokenizer, context))
+
+
+def evaluate_case(backend: Backend, case: Case, mode: str, sampling: Sampling,
+                  constrain: bool = False) -> tuple[Prediction, TraceScore]:
+    """constrain: every predicted action is one of the program's lines (`action_lines`)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if constrain:
+        sampling = action_lines(backend, case.context, sampling)
     predict = predict_free if mode == "free" else predict_teacher_forced
     prediction = predict(backend, case, sampling)
     return prediction, score_trace(prediction.frames, case.frames[1:], valid=prediction.valid)
@@ -165,15 +174,17 @@ def frames_to_json(frames: list[Frame]) -> list[dict]:
     return [dataclasses.asdict(f) for f in frames]
 
 
-def run_traces(backend: Backend, cases: list[Case], mode: str, sampling: Sampling, log: ResultsLog | None = None) -> dict:
-    """Score every case; the results dict has per-item results, aggregates and the headline metric.
+def run_traces(backend: Backend, cases: list[Case], mode: str, sampling: Sampling, log: ResultsLog | None = None,
+               constrain: bool = False) -> dict:
+    """Score every case (`constrain`: see evaluate_case); the results dict has per-item results,
+    aggregates and the headline metric.
     With a log, each item is written as it is done, and cases already in the log are not run again."""
     from cwm.eval.metrics import aggregate
 
     done, todo = items_to_do(cases, log, key=lambda c: c.id)
     fresh = {}
     for case in progress(todo, f"trace prediction ({mode})", done=len(done)):
-        prediction, score = evaluate_case(backend, case, mode, sampling)
+        prediction, score = evaluate_case(backend, case, mode, sampling, constrain)
         fresh[case.id] = item = {"id": case.id, "score": score.as_dict(), "error": prediction.error,
                                  "failed": not prediction.frames and prediction.reason is not None,
                                  "reason": prediction.reason, "malformed": prediction.malformed,
@@ -184,4 +195,5 @@ def run_traces(backend: Backend, cases: list[Case], mode: str, sampling: Samplin
     items = [fresh.get(c.id) or logged[str(c.id)] for c in cases]
     aggregates = aggregate([TraceScore(**item["score"]) for item in items])
     aggregates["failed"] = sum(item["failed"] for item in items)  # prompts that did not fit the context
-    return {"task": "trace", "mode": mode, "headline": "state", "aggregates": aggregates, "items": items}
+    return {"task": "trace", "mode": mode, "constrained": constrain, "headline": "state", "aggregates": aggregates,
+            "items": items}

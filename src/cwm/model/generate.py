@@ -33,6 +33,18 @@ def sample(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0, g
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
+def constrain(logits: torch.Tensor, allowed: list[Sequence[int] | None]) -> torch.Tensor:
+    """logits [B, vocab] with every id outside a row's `allowed` set to -inf (None: row unchanged)."""
+    if all(ids is None for ids in allowed):
+        return logits
+    mask = torch.zeros_like(logits)
+    for row, ids in enumerate(allowed):
+        if ids is not None:
+            mask[row].fill_(float("-inf"))
+            mask[row, list(ids)] = 0.0
+    return logits + mask
+
+
 def prefill(model: Transformer, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache,
             doc_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Write tokens [B, T] at positions [T] into the cache; the logits after the last, [B, vocab]."""
@@ -81,6 +93,7 @@ def generate(
     cache: KVCache | None = None,
     compile: bool = False,
     check_every: int | None = None,
+    allowed: Callable[[list[int]], Sequence[int] | None] | None = None,
 ) -> list:
     """Continue each prompt (a list of token ids, or a list of such lists for a batch).
 
@@ -94,6 +107,8 @@ def generate(
 
     cache: a KVCache of batch 1 kept between calls (prefix reuse): the prompt's tokens it already
     holds are not computed again, only the rest. compile: decode with `compiled_decode_one`.
+    allowed(tokens) -> ids or None: constrained decoding; given a row's new tokens so far, the
+    ids it may take next (None: any). It reads every token, so it makes check_every 1.
     check_every: steps between looks at the chosen tokens (each a host sync); 1 on CPU, where it
     costs nothing, 8 elsewhere. Rows decode up to check_every - 1 tokens past their stop, which
     are dropped: the result does not depend on it.
@@ -116,7 +131,7 @@ def generate(
     param = next(model.parameters())
     device = param.device
     generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
-    check_every = check_every or (1 if device.type == "cpu" else 8)
+    check_every = 1 if allowed is not None else check_every or (1 if device.type == "cpu" else 8)
     step_fn = compiled_decode_one() if compile else decode_one
 
     start = 0
@@ -146,6 +161,8 @@ def generate(
         position = torch.tensor([longest], device=device)
         read = 0  # chosen tokens read back so far
         for step in range(max_new_tokens):
+            if allowed is not None:
+                logits = constrain(logits, [allowed(outputs[row]) if row in running else None for row in range(len(batch))])
             next_tokens = sample(logits, temperature, top_p, generator)
             chosen[:, step] = next_tokens
             if step + 1 - read == check_every or step == max_new_tokens - 1:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ast
 
-from cwm.trace.format import CALL, MARKER, Frame, Trace
+from cwm.trace.format import CALL, MARKER, Frame, Trace, source_lines
 
 ENTRY = "main"
 
@@ -90,3 +90,37 @@ def entry_frame(context: str) -> Frame:
     """main's call frame: no arguments, so it is known without running anything."""
     lineno = context.splitlines().index(f"def {ENTRY}():{MARKER}") + 1
     return Frame(CALL, lineno, f"def {ENTRY}():\n", {})
+
+
+class ActionLines:
+    """Constrained decoding of actions: the allowed next tokens after `<|action_sep|>`.
+
+    A frame's action is always one of the traced program's own lines (`source_lines`), so after
+    `<|action_sep|>` only the token sequences of those lines, as a trace holds them, may follow
+    until one is complete; everywhere else any token may. The model still picks the line (and its
+    argmax among the lines that remain); it can no longer misspell one. Given as
+    `Sampling(constraint=ActionLines(tok, context))`; it reads only the generated tokens, so the
+    prompt must end between frames (every prompt of the evaluations and the debugger does).
+    """
+
+    def __init__(self, tok, context: str):
+        self.action_sep = tok.action_sep_id
+        self.lines: dict[int, dict] = {}  # a trie of token ids; a line's last node is empty
+        for line in set(source_lines(context)):
+            node = self.lines
+            for t in tok.encode(line):
+                node = node.setdefault(t, {})
+
+    def __call__(self, tokens: list[int]) -> list[int] | None:
+        """The ids allowed after `tokens` (generated so far), or None for any."""
+        start = len(tokens) - 1
+        while start >= 0 and tokens[start] != self.action_sep:
+            start -= 1
+        if start < 0:
+            return None
+        node = self.lines
+        for t in tokens[start + 1 :]:
+            if t not in node:  # past a complete line (or off the program: a prompt that was not)
+                return None
+            node = node[t]
+        return list(node) or None
