@@ -10,6 +10,9 @@ generation with our decode step compiled (`generate(compile=True)`); theirs stay
 prints the compile times and `*_ratio_compiled`; `train_ratio` and `generate_ratio` stay eager
 against eager.
 Prints medians, then, last, `train_ratio: X` and `generate_ratio: Y` (ours over theirs).
+Also `generate_ratio_ceiling`: theirs against the matrix products of a decoded token alone (each
+`Linear` of the model once, in our decode layout, as many times as tokens are decoded), i.e. the
+ratio if everything else a decode step does (norms, rotary, cache, attention, dispatch) were free.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ def main() -> None:
     from transformers import CwmForCausalLM
 
     from cwm.model import Transformer, generate, get_preset, save_pretrained
+    from cwm.model.transformer import Linear
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="cwm-small")
@@ -89,6 +93,16 @@ def main() -> None:
     def generate_ours():
         return generate(ours, prompt[0].tolist(), n, stop_tokens=())
 
+    linears = [mod for mod in ours.modules() if isinstance(mod, Linear)]
+    layouts = [mod.weight.t().contiguous() for mod in linears]  # as decode_layout gives them
+    rows = [torch.randn(1, w.shape[0], device=args.device, dtype=dtype) for w in layouts]
+
+    def matmuls_only():
+        with torch.inference_mode():
+            for _ in range(n):
+                for x, w in zip(rows, layouts):
+                    torch.mm(x, w)
+
     def generate_theirs():
         with torch.inference_mode():
             out = theirs.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False)
@@ -103,6 +117,7 @@ def main() -> None:
         ("train theirs", train_theirs, train_tokens),
         ("generate ours", generate_ours, n),
         ("generate theirs", generate_theirs, n),
+        ("matmuls only", matmuls_only, n),
     ]
     if args.compile:  # a copy, so that generation keeps the eager model
         compiled = copy.deepcopy(ours)
@@ -127,6 +142,9 @@ def main() -> None:
     if args.compile:
         print(f"train_ratio_compiled: {medians['train ours comp.'] / medians['train theirs']:.2f}")
         print(f"generate_ratio_compiled: {medians['generate ours comp.'] / medians['generate theirs']:.2f}")
+    print(f"generate_ratio_ceiling: {medians['matmuls only'] / medians['generate theirs']:.2f} "
+          f"({len(linears)} matrix products a token: {1000 / medians['matmuls only']:.2f} ms of our "
+          f"{1000 / medians['generate ours']:.2f} ms a token)")
     print(f"train_ratio: {medians['train ours'] / medians['train theirs']:.2f}")
     print(f"generate_ratio: {medians['generate ours'] / medians['generate theirs']:.2f}")
 
