@@ -292,3 +292,34 @@ def test_docker_backend_has_the_same_interface(repo):
         assert "+    return a + b" in ws.diff()
         ws.reset()
         assert ws.diff() == "" and ws.read_text("calc.py") == SOURCE["calc.py"]
+
+
+def _shell_from_a_caller_that_ignores_sigchld(source: str) -> list:
+    """A bash session started, used and stopped by a caller that ignores SIGCHLD while a child of
+    its own lives on: the kernel reaps the caller's children itself, so stopping by waitpid(keeper)
+    failed, or waited for that other child first (for ever, here)."""
+    import signal
+
+    from cwm.sandbox.shell import Box
+
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        with Box(source) as box:
+            shell = box.shell(timeout=30)
+            out = shell.run("echo hello")
+            shell.stop()
+            return [out["output"], shell.alive]
+    finally:
+        child.kill()
+
+
+def test_a_shell_stops_in_a_caller_that_ignores_sigchld(repo):
+    import sys
+    from pathlib import Path
+
+    code = ("import os, sys; sys.path.insert(0, sys.argv[1]); import test_agent_workspace as t; "
+            "os.write(1, repr(t._shell_from_a_caller_that_ignores_sigchld(sys.argv[2])).encode()); os._exit(0)")
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code, str(Path(__file__).parent), str(repo)],
+                         capture_output=True, text=True, timeout=40)
+    assert out.returncode == 0 and out.stdout == "['hello\\n', False]", (out.stdout, out.stderr[-2000:])

@@ -53,7 +53,9 @@ from cwm.sandbox.core import (
     _Job,
     _launch,
     _libc,
+    _pidfd,
     _run,
+    _wait_for,
 )  # fmt: skip
 
 __all__ = ["MAX_SESSION_OUTPUT", "SESSION_SENTINEL", "Box", "BoxLimits", "Shell", "ShellOutput"]
@@ -181,6 +183,7 @@ class Shell:
     def __init__(self, box: Box, timeout: float, max_output: int, start_script: str = ""):
         self.box, self.timeout, self.max_output, self.start_script = box, timeout, max_output, start_script
         self._keeper: int | None = None
+        self._keeper_fd: int | None = None  # a pidfd: waited on, not waitpid (see core._wait_for)
         self._fds: dict[str, int] = {}
         self._stdin: int | None = None
 
@@ -193,7 +196,7 @@ class Shell:
         job = self.box._job(["/bin/bash", "--noprofile", "--norc"], b"")
         keeper, _, fds, stdin = _launch(self.box.limits, job, self.box.uid)
         assert stdin is not None  # job.input is set: a stdin pipe was made
-        self._keeper, self._fds, self._stdin = keeper, fds, stdin
+        self._keeper, self._keeper_fd, self._fds, self._stdin = keeper, _pidfd(keeper), fds, stdin
         os.close(fds.pop("result"))  # the runner only writes there if bash could not be started
         for fd in [*fds.values(), stdin]:
             os.set_blocking(fd, False)
@@ -209,14 +212,15 @@ class Shell:
         if self._keeper is None:
             return
         try:
-            os.kill(self._keeper, signal.SIGKILL)
-        except ProcessLookupError:
+            if self._keeper_fd is not None:  # by its pidfd: never another process that took its pid
+                signal.pidfd_send_signal(self._keeper_fd, signal.SIGKILL)
+        except ProcessLookupError:  # it has exited already
             pass
-        os.waitpid(self._keeper, 0)
+        _wait_for(self._keeper, self._keeper_fd)
         for fd in [*self._fds.values(), self._stdin]:
             if fd is not None:
                 os.close(fd)
-        self._keeper, self._fds, self._stdin = None, {}, None
+        self._keeper, self._keeper_fd, self._fds, self._stdin = None, None, {}, None
 
     def run(self, command: str, timeout: float | None = None) -> ShellOutput:
         """Run `command` in the session (started if needed); on any error the session is stopped
@@ -322,6 +326,7 @@ class _Holder:
         pid = os.fork()
         if pid == 0:  # never returns
             _hold(source, path, uid, size, ready_w, hold_r)
+        pidfd = _pidfd(pid)
         os.close(ready_w)
         os.close(hold_r)
         self.ns_fd: int | None = None
@@ -332,7 +337,7 @@ class _Holder:
                 self.ns_fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
         finally:
             os.close(hold_w)  # the helper's cue to exit
-            os.waitpid(pid, 0)
+            _wait_for(pid, pidfd)
         if self.ns_fd is None:
             raise OSError(f"cwm sandbox: cannot set up the workspace at {path}: {answer or 'the helper died'}")
 
