@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The whole cwm-mini recipe from scratch (docs/cwm-mini.md): tokenizer, data, two training
+# The whole cwm-mini recipe from scratch (docs/cwm-mini.md): tokenizer, data, three training
 # phases, evaluation. Every step resumes: rerun the script after a kill and it goes on where it
 # stopped (dataset builds resume from their manifests, training from its last checkpoint, the
-# evaluations from their results files). ~1.5-2 h on a 2-core CPU.
+# evaluations from their results files). ~2.5 h on a 2-core CPU.
 #   bash scripts/train_cwm_mini.sh            # writes runs/mini/
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +31,8 @@ pack "$OUT/packed/phase1" --seq-len 1025 --input s1="$OUT/data/s1:0.4" --input s
 pack "$OUT/packed/phase2" --seq-len 2049 --input s3="$OUT/data/s3:0.5" --input s2="$OUT/data/s2:0.35" \
     --input s1="$OUT/data/s1:0.13" --input stdlib="$OUT/data/stdlib:0.02"
 
-# 4. training: phase 1 (short traces, 1,024-token rows), then phase 2 from its weights
+# 4. training: phase 1 (short traces, 1,024-token rows), phase 2 from its weights (longer traces),
+#    phase 3 from phase 2's (more of phase 2's data, in a new order)
 train() {
     local config=$1 run=$2
     [ -d "$run/final" ] && return 0
@@ -39,10 +40,16 @@ train() {
 }
 train configs/cwm-mini.toml "$OUT/phase1"
 train configs/cwm-mini-phase2.toml "$OUT/phase2"
+train configs/cwm-mini-phase3.toml "$OUT/phase3"
 
 # 5. evaluation on the held-out set and CruxEval (results files resume)
-M="$OUT/phase2/final"
-$CWM eval trace --data "$OUT/data/heldout" --mode teacher --model "$M" --out "$OUT/eval/heldout-teacher.json"
-$CWM eval trace --data "$OUT/data/heldout" --mode free --model "$M" --out "$OUT/eval/heldout-free.json"
-$CWM eval cruxeval --mode trace --model "$M" --limit 200 --out "$OUT/eval/cruxeval-trace.json"
+#    (each also with --constrain-actions: the actions kept to the program's lines)
+M="$OUT/phase3/final"
+for mode in teacher free; do
+    $CWM eval trace --data "$OUT/data/heldout" --mode $mode --model "$M" --out "$OUT/eval/heldout-$mode.json"
+    $CWM eval trace --data "$OUT/data/heldout" --mode $mode --model "$M" --constrain-actions \
+        --out "$OUT/eval/heldout-$mode-constrained.json"
+done
+$CWM eval cruxeval --mode trace --model "$M" --limit 100 --out "$OUT/eval/cruxeval-trace.json"
+$CWM eval cruxeval --mode trace --model "$M" --limit 100 --constrain-actions --out "$OUT/eval/cruxeval-trace-constrained.json"
 $CWM eval cruxeval --mode direct --model "$M" --limit 200 --out "$OUT/eval/cruxeval-direct.json"
