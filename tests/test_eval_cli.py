@@ -88,8 +88,15 @@ def test_trace_cli_on_a_built_dataset(checkpoint, tmp_path, capsys):
     dataset = tmp_path / "ds"
     build(dataset, BuildParams(source=f"programs:{programs}", split="eval"), progress=False)
     out = tmp_path / "results.json"
-    assert run_cli(["trace", "--data", str(dataset), "--model", str(checkpoint), "--mode", "teacher",
-                    "--max-new-tokens", "12", "--out", str(out)]) == 0
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        assert run_cli(["trace", "--data", str(dataset), "--model", str(checkpoint), "--mode", "teacher",
+                        "--max-new-tokens", "12", "--out", str(out), "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     results = json.loads(out.read_text())
     assert len(results["items"]) == 2 and results["mode"] == "teacher"
     assert capsys.readouterr().out.strip().splitlines()[-1] == f"score: {results['aggregates']['state']:.4f}"
@@ -101,7 +108,8 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert run_cli(["cruxeval", "--model", "m", "--server", "http://x"]) == 2
     assert run_cli(["cruxeval", "--context", "64"]) == 2  # the shipped local model's context is its own
     assert run_cli(["cruxeval", "--constrain-actions"]) == 2  # direct mode has no frames
+    assert run_cli(["cruxeval", "--threads", "0"]) == 2
     assert run_cli(["trace", "--data", str(DATA.parent), "--constrain-actions", "--server", "http://127.0.0.1:9"]) == 2
     err = capsys.readouterr().err
-    assert err.count("error:") == 6 and "--constrain-actions runs in this process" in err and "Traceback" not in err and "--context (at least 2 tokens) is for --server" in err
+    assert err.count("error:") == 7 and "--threads must be at least 1" in err and "--constrain-actions runs in this process" in err and "Traceback" not in err and "--context (at least 2 tokens) is for --server" in err
     assert not list(Path.cwd().glob("eval-cruxeval-*.jsonl"))  # a run that failed to start leaves no results file

@@ -276,15 +276,22 @@ def chat_completion(url: str, body: dict, timeout_s: float) -> tuple[str, dict]:
 
 
 def open_backend(model: str | None = None, server: str | None = None, tokenizer: str | None = None,
-                 device: str = "cpu", context: int | None = None) -> Backend:
+                 device: str = "cpu", context: int | None = None, threads: int | None = None) -> Backend:
     """The backend named by CLI flags: --model DIR, or --server URL with --tokenizer DIR; neither
     is the shipped cwm-mini (cwm.models), whose tokenizer also serves a --server without one.
-    `context`: a server's context in tokens (a local model's is its own)."""
+    `context`: a server's context in tokens (a local model's is its own). `threads`: torch's CPU
+    threads for a local model (None: torch's default, every core)."""
     from cwm.models import default_model
 
     if model and server:
         raise ValueError("give one of --model DIR (a local checkpoint) or --server URL, not both")
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be at least 1, not {threads}")
     if not server:
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
         return LocalBackend.from_dir(model or default_model(), device=device)
     from cwm.tokenizer import load_tokenizer
 

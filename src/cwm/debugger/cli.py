@@ -42,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", help="URL of a server with /completions")
     parser.add_argument("--tokenizer", help="tokenizer files for --server (default: the shipped cwm-mini's)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for a local model (default: every core); on a machine busy with other "
+                             "work, 1 can be several times faster")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the release's demo uses 0.2-0.6)")
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--max-frame-tokens", type=int, default=512, help="token budget for one frame")
@@ -68,7 +71,7 @@ def run(args) -> int:
         program = Path(args.file).read_text()
         context, real, note = prepare(program, args.call, run_real=not args.no_real, timeout=args.timeout,
                                       entry=args.entry)
-        backend = open_backend(args.model, args.server, args.tokenizer or args.model, args.device)
+        backend = open_backend(args.model, args.server, args.tokenizer or args.model, args.device, threads=args.threads)
         sampling = Sampling(temperature=args.temperature, top_p=args.top_p if args.temperature > 0 else 1.0,
                             max_new_tokens=args.max_frame_tokens,
                             constraint=ActionLines(backend.tokenizer, context) if args.constrain_actions else None)

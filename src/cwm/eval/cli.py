@@ -25,6 +25,9 @@ def _backend_flags(p: argparse.ArgumentParser, max_new_tokens: str,
     p.add_argument("--context", type=int, default=None,
                    help="the model's context in tokens (default: a local model's own; a server's is not checked without it)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for a local model (default: every core); on a machine busy with other work, "
+                        "1 can be several times faster (docs/eval.md)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N items")
     p.add_argument("--max-new-tokens", type=int, default=None, help=f"per request, capped at the context left ({max_new_tokens})")
     p.add_argument("--temperature", type=float, default=None, help=temperature)
@@ -153,7 +156,8 @@ def _run(args) -> int:
 
         cases = load_cases(args.data, args.limit)
     out, log = _open_log(args)
-    backend = open_backend(args.model, args.server, args.tokenizer or args.model, args.device, context=args.context)
+    backend = open_backend(args.model, args.server, args.tokenizer or args.model, args.device, context=args.context,
+                           threads=args.threads)
     started = time.time()
     try:
         if args.task == "cruxeval":
@@ -203,7 +207,8 @@ def _run_reasoning(args, samples: int) -> int:
             raise ValueError("--tokenizer and --context are for --api completions; the chat API's server tokenizes itself")
         chat = OpenAIChat(args.server)
     else:
-        backend = open_backend(args.model, args.server, args.tokenizer or args.model, args.device, context=args.context)
+        backend = open_backend(args.model, args.server, args.tokenizer or args.model, args.device,
+                               context=args.context, threads=args.threads)
         chat = TokenChat(backend)
     out, log = _open_log(args)
     started = time.time()
