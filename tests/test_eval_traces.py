@@ -140,3 +140,13 @@ def test_constrained_actions_are_always_program_lines():
     assert results["constrained"] and len(predicted) == 11
     lines = set(source_lines(c.context))
     assert all(f["event"] == "invalid" or (f["source"] in lines and f["lineno"] > 0) for f in predicted), predicted
+
+
+def test_a_server_refuses_a_constraint(tok):
+    """A constraint is Python run on each token here: an HTTP backend says so instead of ignoring it."""
+    from cwm.backends import CONSTRAINT_NEEDS_LOCAL, BackendError, HTTPBackend
+
+    backend = HTTPBackend(url="http://127.0.0.1:9", tokenizer=tok)  # nothing listens: no request is made
+    with pytest.raises(BackendError, match="runs in this process"):
+        backend.complete([1, 2], sampling=Sampling(constraint=lambda tokens: None))
+    assert "--server" in CONSTRAINT_NEEDS_LOCAL

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from cwm.tokenizer import Tokenizer
 
 
+# Why a server cannot take a Sampling.constraint (a Python callable run on each token here).
+CONSTRAINT_NEEDS_LOCAL = "--constrain-actions runs in this process: give a local model (--model DIR), not --server"
+
+
 @dataclass(frozen=True)
 class Sampling:
     temperature: float = 0.0  # 0 means greedy
@@ -191,8 +195,7 @@ class HTTPBackend:
         import httpx
 
         if sampling.constraint is not None:
-            raise BackendError("constrained decoding (--constrain-actions) runs in this process: give a local "
-                               "model (--model DIR) instead of a server")
+            raise BackendError(CONSTRAINT_NEEDS_LOCAL)
         temperature = sampling.temperature
         if temperature == 0 and not self.is_cwm_serve():
             temperature = NEAR_GREEDY_TEMPERATURE

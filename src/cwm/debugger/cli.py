@@ -61,13 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from cwm.backends import BackendError, Sampling, open_backend
+    from cwm.backends import CONSTRAINT_NEEDS_LOCAL, BackendError, Sampling, open_backend
     from cwm.debugger.session import Session, prepare
     from cwm.tokenizer.tracetext import ActionLines
 
     try:
         if args.constrain_actions and args.server:
-            raise ValueError("--constrain-actions runs in this process: give a local model (--model DIR), not --server")
+            raise ValueError(CONSTRAINT_NEEDS_LOCAL)
         program = Path(args.file).read_text()
         context, real, note = prepare(program, args.call, run_real=not args.no_real, timeout=args.timeout,
                                       entry=args.entry)

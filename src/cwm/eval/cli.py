@@ -126,7 +126,7 @@ def _settings(args) -> dict:
 
 
 def _run(args) -> int:
-    from cwm.backends import Sampling, open_backend
+    from cwm.backends import CONSTRAINT_NEEDS_LOCAL, Sampling, open_backend
 
     samples = getattr(args, "samples", 1)
     if samples < 1:
@@ -138,7 +138,7 @@ def _run(args) -> int:
     if args.constrain_actions and args.mode == "direct":
         raise ValueError("--constrain-actions constrains the frames of a trace: it is for --mode trace")
     if args.constrain_actions and args.server:
-        raise ValueError("--constrain-actions runs in this process: give a local model (--model DIR), not --server")
+        raise ValueError(CONSTRAINT_NEEDS_LOCAL)
     if args.max_new_tokens is None:
         from cwm.eval.cruxeval import MAX_NEW_TOKENS
 
