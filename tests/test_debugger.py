@@ -94,6 +94,25 @@ def test_malformed_output_is_a_step_not_a_crash(tok, prepared):
     assert s.current.frame.event == "call"
 
 
+def test_a_trace_that_fills_the_context_ends_with_a_step_that_says_so(tok, prepared):
+    """The frames so far stay (for --auto's table and `back`); before, generate's ValueError ended
+    the whole session with one line of error and the table was lost."""
+    context, real = prepared
+    ids = frames_ids(tok, context, real)
+    full = session(tok, prepared)
+    room = len(full.context_ids) + sum(len(f) for f in ids[:4]) + 3  # frame 5 cannot be finished
+    for context_length, frame in ((room, 4), (room - 3, 4)):  # cut within frame 5, or exactly after frame 4
+        s = session(tok, prepared)
+        s.backend.context_length = context_length
+        while not (s.done or s.current.error):
+            s.step()
+        assert [st.frame is not None for st in s.steps] == [True] * frame + [False]
+        assert ("the end of the model's context" if context_length == room else "no room left in the model's context") \
+            in s.current.error
+        s.back()
+        assert s.current.frame == real[frame - 1]
+
+
 def test_what_if_changes_the_prompt(tok, prepared):
     """The edited value is what the model sees next (recorded from the real prompts sent)."""
     s = session(tok, prepared)
@@ -151,6 +170,15 @@ def test_cli_auto_with_a_tiny_model(checkpoint, program_file, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0 and "predicted frames:" in out and "real frames: 9" in out and "first divergence: step 1" in out
     assert report.read_text().startswith("<!DOCTYPE html>")
+
+
+def test_cli_frame_budget_larger_than_the_room_left_is_capped_not_an_error(checkpoint, program_file, capsys):
+    """A frame budget past the model's context (1,024 here) is cut to the room left; it used to
+    end the session with `error: prompt ... exceeds the model's context` before any step."""
+    code = cli.run(parse([str(program_file), "--call", "f(3)", "--model", str(checkpoint), "--auto",
+                          "--max-frame-tokens", "4000", "--max-steps", "1"]))
+    out = capsys.readouterr().out
+    assert code == 0 and "predicted frames:" in out and "real frames: 9" in out
 
 
 def test_cli_interactive_session(checkpoint, program_file, monkeypatch, capsys):

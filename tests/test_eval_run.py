@@ -12,11 +12,11 @@ import sys
 import pytest
 
 from conftest import make_tiny_checkpoint
-from cwm.backends import Completion, Sampling, split_stops
+from cwm.backends import Completion, Sampling, TooLong, fit, split_stops
 from cwm.eval import cli
 from cwm.eval.cruxeval import answer_by_trace, load_cruxeval, trace_context
 from cwm.eval.oracle import OracleBackend
-from cwm.eval.run import ResultsLog, TooLong, fit
+from cwm.eval.run import ResultsLog
 from cwm.eval.traces import Case, evaluate_case, run_traces
 from cwm.tokenizer.tracetext import MARKER, context_ids, entry_context, frames_ids
 from cwm.trace import trace_call

@@ -16,6 +16,7 @@ Implementations:
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence
@@ -53,6 +54,33 @@ class Completion:
     text: str  # the tokens decoded, special tokens written out
     finish_reason: str  # "stop" or "length"
     prompt_tokens: int = 0
+
+
+class TooLong(ValueError):
+    """The prompt leaves no room in the model's context to generate anything."""
+
+    def __init__(self, prompt_tokens: int, context: int):
+        self.prompt_tokens, self.context = prompt_tokens, context
+        relation = ">" if prompt_tokens > context else "="
+        super().__init__(f"prompt longer than the context ({prompt_tokens} {relation} {context} tokens)")
+
+
+def context_of(backend) -> int | None:
+    """The model's context in tokens; None where the backend does not say (then nothing is checked)."""
+    context = getattr(backend, "context_length", None)
+    return int(context) if context else None
+
+
+def fit(backend, prompt_tokens: int, sampling: Sampling) -> Sampling:
+    """`sampling` with max_new_tokens capped at the context left after the prompt (the evaluations
+    and the debugger ask this before each generation). Raises TooLong when the prompt alone fills
+    the context."""
+    context = context_of(backend)
+    if context is None:
+        return sampling
+    if prompt_tokens >= context:
+        raise TooLong(prompt_tokens, context)
+    return dataclasses.replace(sampling, max_new_tokens=min(sampling.max_new_tokens, context - prompt_tokens))
 
 
 class Backend(Protocol):

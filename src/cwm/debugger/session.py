@@ -32,7 +32,7 @@ import ast
 import re
 from dataclasses import dataclass, field
 
-from cwm.backends import Backend, Sampling
+from cwm.backends import Backend, Sampling, TooLong, fit
 from cwm.eval.metrics import action_of, follow_real, state_of  # eval's public scoring API
 from cwm.tokenizer import tracetext
 from cwm.tokenizer.tracetext import ENTRY, MARKER, entry_context, entry_frame
@@ -208,7 +208,13 @@ class Session:
     def _predict(self, forced: str | None = None) -> Step:
         forced_ids = [self.tok.special_id(f"<|{forced}_sep|>")] if forced else []
         before = self.prompt()
-        completion = self.backend.complete(before + forced_ids, stop=[FRAME_SEP], sampling=self.sampling)
+        try:  # a long trace fills the model's context: a step that says so, the frames so far kept
+            sampling = fit(self.backend, len(before) + len(forced_ids), self.sampling)
+        except TooLong as e:
+            step = Step(None, forced_ids + [self.tok.frame_sep_id], "", error=f"no room left in the model's context: {e}")
+            self.steps.append(step)
+            return step
+        completion = self.backend.complete(before + forced_ids, stop=[FRAME_SEP], sampling=sampling)
         generated = completion.tokens
         if self.tok.frame_sep_id in generated:  # a server that ignored the stop: one frame only
             generated = generated[:generated.index(self.tok.frame_sep_id) + 1]
@@ -221,8 +227,9 @@ class Session:
         if frames and error is None and tokens[-1:] == [self.tok.frame_sep_id]:
             step = Step(frames[0], tokens, self.tok.decode(tokens))
         else:
-            if error is None:
-                error = f"no <|frame_sep|> within {self.sampling.max_new_tokens} tokens"
+            if error is None or len(generated) >= sampling.max_new_tokens:  # cut off: the budget is why
+                end = " (the end of the model's context)" if sampling.max_new_tokens < self.sampling.max_new_tokens else ""
+                error = f"no <|frame_sep|> within {sampling.max_new_tokens} tokens{end}"
             if tokens[-1:] != [self.tok.frame_sep_id]:
                 tokens = tokens + [self.tok.frame_sep_id]  # keep the prompt's frames delimited
             step = Step(None, tokens, self.tok.decode(tokens), error=error)

@@ -82,8 +82,7 @@ def answer_by_trace(backend, item: dict, sampling, constrain: bool = False) -> t
 def answer_directly(backend, item: dict, sampling) -> tuple[str | None, dict]:
     """Direct mode: the benchmark's prompt; the answer line ends the generation (the assertion is
     one line: stopping at its newline ends it as soon as it is complete)."""
-    from cwm.backends import encode_prompt
-    from cwm.eval.run import TooLong, fit
+    from cwm.backends import TooLong, encode_prompt, fit
 
     prompt = direct_prompt(item["code"], item["input"])
     try:

@@ -75,7 +75,7 @@ class TokenChat:
         return chat_ids(self.backend.tokenizer, messages, add_generation_prompt=True, reasoning=True)[0]
 
     def reply(self, messages, sampling) -> Reply:
-        from cwm.eval.run import fit
+        from cwm.backends import fit
 
         ids = self.prompt_ids(messages)
         out = self.backend.complete(ids, stop=[], sampling=fit(self.backend, len(ids), sampling))
@@ -117,7 +117,7 @@ class Task(Protocol):
 
 
 def sample_once(task: Task, chat: Chat, item: dict, sampling) -> dict:
-    from cwm.eval.run import TooLong
+    from cwm.backends import TooLong
 
     started = time.time()
     try:

@@ -1,8 +1,7 @@
-"""What every evaluation run shares: the context budget, the results file, progress.
+"""What every evaluation run shares: the results file, progress.
 
-- `fit`: a prompt is checked against the model's context before anything is generated, and
-  `max_new_tokens` is capped at the context left; a prompt that does not fit raises `TooLong`,
-  which the runners record as that item's failure (its `reason`), never as a crash.
+(The context budget, `cwm.backends.fit`: a prompt that does not fit raises `TooLong`, which the
+runners record as that item's failure, its `reason`, never as a crash.)
 - `ResultsLog`: the items of a run as JSON lines (a header line with the run's settings, then one
   line per item, flushed as each is done). Opened again with the same settings it resumes: the
   items already there are not evaluated again. Other settings are refused, unless `fresh`.
@@ -11,37 +10,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
 from typing import Iterable, Iterator, TextIO
-
-
-class TooLong(ValueError):
-    """The prompt leaves no room in the model's context to generate anything."""
-
-    def __init__(self, prompt_tokens: int, context: int):
-        self.prompt_tokens, self.context = prompt_tokens, context
-        relation = ">" if prompt_tokens > context else "="
-        super().__init__(f"prompt longer than the context ({prompt_tokens} {relation} {context} tokens)")
-
-
-def context_of(backend) -> int | None:
-    """The model's context in tokens; None where the backend does not say (then nothing is checked)."""
-    context = getattr(backend, "context_length", None)
-    return int(context) if context else None
-
-
-def fit(backend, prompt_tokens: int, sampling):
-    """`sampling` with max_new_tokens capped at the context left after the prompt.
-    Raises TooLong when the prompt alone fills the context."""
-    context = context_of(backend)
-    if context is None:
-        return sampling
-    if prompt_tokens >= context:
-        raise TooLong(prompt_tokens, context)
-    return dataclasses.replace(sampling, max_new_tokens=min(sampling.max_new_tokens, context - prompt_tokens))
 
 
 class ResultsLog:

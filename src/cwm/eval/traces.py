@@ -13,9 +13,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cwm.backends import Backend, Sampling
+from cwm.backends import Backend, Sampling, TooLong, fit
 from cwm.eval.metrics import TraceScore, score_trace
-from cwm.eval.run import ResultsLog, TooLong, fit, items_to_do, progress
+from cwm.eval.run import ResultsLog, items_to_do, progress
 from cwm.tokenizer import tracetext
 from cwm.trace.format import FRAME_SEP, RETURN, Frame
 
