@@ -2,8 +2,10 @@
 # The whole cwm-mini recipe from scratch (docs/cwm-mini.md): tokenizer, data, four training
 # phases, evaluation. Every step resumes: rerun the script after a kill and it goes on where it
 # stopped (dataset builds resume from their manifests, training from its last checkpoint, the
-# evaluations from their results files). ~2 h 10 min on a quiet 2-core CPU (training uses both cores: train.threads = 2).
+# evaluations from their results files). ~2 h 10 min on a quiet 2-core CPU (training uses both
+# cores: train.threads = 2; on a machine busy with other work 1 thread can be faster).
 #   bash scripts/train_cwm_mini.sh            # writes runs/mini/
+#   THREADS=1 bash scripts/train_cwm_mini.sh  # train.threads = 1 for every phase
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CWM=${CWM:-.venv/bin/cwm}
@@ -40,7 +42,8 @@ pack "$OUT/packed/phase4" --seq-len 2049 --input s4="$OUT/data/s4:0.55" --input 
 train() {
     local config=$1 run=$2
     [ -d "$run/final" ] && return 0
-    if [ -d "$run/checkpoints" ]; then $CWM train --config "$config" --resume; else $CWM train --config "$config"; fi
+    local threads=${THREADS:+train.threads=$THREADS}
+    if [ -d "$run/checkpoints" ]; then $CWM train --config "$config" --resume $threads; else $CWM train --config "$config" $threads; fi
 }
 train configs/cwm-mini.toml "$OUT/phase1"
 train configs/cwm-mini-phase2.toml "$OUT/phase2"

@@ -1,7 +1,7 @@
-"""What every evaluation run shares: the results file, progress.
+"""What every evaluation run shares: the results file, progress. (The context budget checked
+before each generation is `cwm.backends.fit`: a prompt that does not fit raises `TooLong`, which
+the runners record as that item's failure, its `reason`, never as a crash.)
 
-(The context budget, `cwm.backends.fit`: a prompt that does not fit raises `TooLong`, which the
-runners record as that item's failure, its `reason`, never as a crash.)
 - `ResultsLog`: the items of a run as JSON lines (a header line with the run's settings, then one
   line per item, flushed as each is done). Opened again with the same settings it resumes: the
   items already there are not evaluated again. Other settings are refused, unless `fresh`.
