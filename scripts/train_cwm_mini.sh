@@ -42,8 +42,9 @@ pack "$OUT/packed/phase4" --seq-len 2049 --input s4="$OUT/data/s4:0.55" --input 
 train() {
     local config=$1 run=$2
     [ -d "$run/final" ] && return 0
-    local threads=${THREADS:+train.threads=$THREADS}
-    if [ -d "$run/checkpoints" ]; then $CWM train --config "$config" --resume $threads; else $CWM train --config "$config" $threads; fi
+    local resume=
+    [ -d "$run/checkpoints" ] && resume=--resume
+    $CWM train --config "$config" $resume ${THREADS:+train.threads=$THREADS}
 }
 train configs/cwm-mini.toml "$OUT/phase1"
 train configs/cwm-mini-phase2.toml "$OUT/phase2"
