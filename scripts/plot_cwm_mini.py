@@ -4,7 +4,7 @@
 
 Reads each phase's `metrics.jsonl` (written by `cwm train`) and puts the phases end to end on one
 token axis; also prints the table of the evaluations it plotted. Phase 1 is evaluated on rows of
-1,024 tokens (`valid`), the later phases on rows of 2,048 (`valid2`): the same programs.
+1,024 tokens (`valid`), phase 2 on rows of 2,048 (`valid2`): the same programs.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-PHASES = ("phase1", "phase2", "phase3", "phase4")
+PHASES = ("phase1", "phase2")
 
 
 def curve(run: Path) -> tuple[list[tuple[int, int, float]], int]:

@@ -160,11 +160,10 @@ def test_cli_corrupt_or_absurd_config_files_exit_2_with_one_line(tmp_path, conte
 
 
 def test_dry_run_of_the_cwm_mini_recipes_prints_their_plans(capsys):
-    """The shipped model's four phases and its GPU config are checked by --dry-run (no data needed)."""
+    """The shipped model's two phases and its GPU config are checked by --dry-run (no data needed)."""
     from cwm.cli import main
 
-    for name, params, tokens in [("cwm-mini", "1,901,696", "4,915,200"), ("cwm-mini-phase2", "1,901,696", "13,107,200"),
-                                 ("cwm-mini-phase3", "1,901,696", "9,830,400"), ("cwm-mini-phase4", "1,901,696", "16,384,000"),
+    for name, params, tokens in [("cwm-mini", "1,901,696", "4,915,200"), ("cwm-mini-phase2", "1,901,696", "34,406,400"),
                                  ("cwm-mini-gpu", "15,931,776", "524,288,000")]:
         assert main(["train", "--config", f"configs/{name}.toml", "--dry-run"]) == 0
         text = capsys.readouterr().out
