@@ -16,14 +16,16 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+from pathlib import Path
 
 from cwm.eval.metrics import action_of, state_of
 from cwm.eval.traces import load_cases
-from cwm.trace.format import CALL, EXCEPTION, MARKER, RETURN, Frame
+from cwm.trace.format import CALL, EXCEPTION, RETURN, Frame, from_dict, source_lines
 
 
-def classify(pred: list[Frame], real: list[Frame], i: int | None, program: set[str], valid: float) -> str:
-    """The kind of the first wrong step `i` of a predicted trace (real: the frames after the call)."""
+def classify(pred: list[Frame], real: list[Frame], i: int | None, context: str, valid: float) -> str:
+    """The kind of the first wrong step `i` of a predicted trace (real: the frames after the call;
+    context: the program the trace ran, marker included)."""
     if i is None:
         return "right to the end"
     if i >= len(pred):
@@ -34,6 +36,7 @@ def classify(pred: list[Frame], real: list[Frame], i: int | None, program: set[s
     if action_of(p) != action_of(r):
         if p.event != r.event:
             return f"action: {p.event} instead of {r.event}"
+        program = {line.rstrip("\n") for line in source_lines(context)}  # as action_of writes a line
         return "action: another line of the program" if action_of(p)[1] in program else "action: a line not in the program"
     if r.event in (RETURN, EXCEPTION):
         return f"state: the {r.event} value"
@@ -41,7 +44,7 @@ def classify(pred: list[Frame], real: list[Frame], i: int | None, program: set[s
         return "state: the variables' names"
     if r.event == CALL:
         return "state: the call's arguments"
-    before = real[i - 1].locals or {} if i > 0 and real[i - 1].depth == r.depth else {}
+    before = (real[i - 1].locals or {}) if i > 0 and real[i - 1].depth == r.depth else {}
     wrong = [k for k, v in (r.locals or {}).items() if (p.locals or {}).get(k) != v]
     return "state: a value the step computed" if any(before.get(k) != r.locals[k] for k in wrong) \
         else "state: a value that should be unchanged"
@@ -55,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
 
     cases = {case.id: case for case in load_cases(args.heldout)}
-    items = json.loads(open(args.results).read())["items"]
+    items = json.loads(Path(args.results).read_text())["items"]
     kinds: collections.Counter = collections.Counter()
     steps: dict[str, list[int]] = collections.defaultdict(list)
     shown = 0
@@ -65,10 +68,9 @@ def main() -> None:
             kinds["no prediction"] += 1
             continue
         real = case.frames[1:]
-        pred = [Frame(**{**f, "rewritten": tuple(f.get("rewritten") or ())}) for f in item.get("predicted") or []]
-        program = {line.rstrip().removesuffix(MARKER) for line in case.context.splitlines()}
+        pred = from_dict({"source": case.context, "frames": item.get("predicted") or []}).frames
         i = score["first_divergence"]
-        kind = classify(pred, real, i, program, score["valid"])
+        kind = classify(pred, real, i, case.context, score["valid"])
         kinds[kind] += 1
         if i is not None:
             steps[kind].append(i)

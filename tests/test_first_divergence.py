@@ -24,8 +24,7 @@ spec.loader.exec_module(first_divergence)
 
 def kind_of(pred, real):
     score = score_trace(pred, real)
-    program = {line.rstrip() for line in SOURCE.splitlines()}
-    return first_divergence.classify(pred, real, score.first_divergence, program, score.valid)
+    return first_divergence.classify(pred, real, score.first_divergence, SOURCE, score.valid)
 
 
 @pytest.fixture(scope="module")
